@@ -1,0 +1,93 @@
+"""The ``openeuler-image-builder`` command line: one subcommand per pipeline stage.
+
+Each submodule registers its subcommands with ``register(subparsers)``; every handler takes the
+parsed arguments and returns an exit status. Errors are turned into exit statuses here:
+0 done; 2 bad usage or bad input (one line on stderr saying what and how to fix it); 1 the work
+failed (one line naming the step and why, and the log path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from openeuler_image_builder import __version__
+from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error in one line."""
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` (machine-readable output on stdout)."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print ``data`` as JSON when ``--json`` was given, else ``text``."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    elif text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every subcommand registered."""
+    from openeuler_image_builder.cli import build, iso, maas, pack, recipe, releases
+
+    parser = OneLineArgumentParser(
+        prog="openeuler-image-builder",
+        description="Build openEuler images that MAAS can deploy, and register them in MAAS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages to stderr"
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineArgumentParser
+    )
+    for module in (releases, recipe, iso, build, pack, maas):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except UsageError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_USAGE
+    except Cancelled as error:
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_FAILED
+    except StepFailed as error:
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return EXIT_FAILED

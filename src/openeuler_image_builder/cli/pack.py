@@ -1,0 +1,9 @@
+"""CLI subcommands of the pack stage (placeholder until the stage lands; owned by its stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Register this stage's subcommands."""
