@@ -50,7 +50,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every subcommand registered."""
-    from openeuler_image_builder.cli import build, iso, maas, pack, recipe, releases
+    from openeuler_image_builder.cli import build, host, iso, jobs, maas, pack, recipe, releases
 
     parser = OneLineArgumentParser(
         prog="openeuler-image-builder",
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=OneLineArgumentParser
     )
-    for module in (releases, recipe, iso, build, pack, maas):
+    for module in (releases, recipe, iso, build, pack, maas, jobs, host):
         module.register(subparsers)
     return parser
 

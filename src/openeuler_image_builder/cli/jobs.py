@@ -1,0 +1,9 @@
+"""CLI subcommands of the jobs area (placeholder until the area lands; owned by its area)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Register this area's subcommands."""
