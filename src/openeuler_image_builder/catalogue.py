@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import platform
 import re
 from collections.abc import Iterable
 from typing import Literal
@@ -157,11 +158,13 @@ def _release(
     match = re.search(r"-SP(\d+)$", name)
     service_pack = int(match.group(1)) if match else 0
     if line == "20.03":
+        # anaconda 33.19 parses with pykickstart's DEVEL handler: F33 in the 3.27 it ships.
         cloud_init, needs_fix, user, rhel, ks = "19.4", True, "openEuler", 8, "F33"
     elif line == "22.03":
-        # 22.03 GA ships anaconda 33.19 (pykickstart 3.34); SP1 onwards anaconda 36.16.5.
+        # 22.03 GA ships anaconda 33.19, which parses with pykickstart's DEVEL handler: F35 in
+        # the pykickstart 3.34 it ships. SP1 onwards ship anaconda 36.16.5, pinned to F36.
         cloud_init, needs_fix, user, rhel = "21.4", True, "openeuler", 8
-        ks = "F33" if service_pack == 0 else "F36"
+        ks = "F35" if service_pack == 0 else "F36"
     else:
         # 24.03 GA ships cloud-init 23.4.1; the SPs take it from 24.03-LTS-Next (not recorded).
         cloud_init = "23.4.1" if service_pack == 0 else None
@@ -266,8 +269,6 @@ def resolve_arch(text: str) -> Arch:
 
 def host_arch() -> Arch:
     """The architecture of this machine, as an openEuler architecture name."""
-    import platform
-
     return resolve_arch(platform.machine())
 
 

@@ -24,7 +24,7 @@ class StepFailed(ImageBuilderError):
     """A pipeline step failed.
 
     Attributes:
-        step: the step that failed (``fetch-iso``, ``packer``, ``pack``, ``verify``, ``upload``...).
+        step: the step that failed (``fetch-iso``, ``install``, ``pack``, ``verify``, ``upload``).
         reason: one line saying why.
         log_path: where to read more, if anywhere.
     """

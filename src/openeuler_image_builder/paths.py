@@ -10,7 +10,9 @@ STATE_DIR_ENV = "OPENEULER_IMAGE_BUILDER_STATE_DIR"
 
 
 def state_dir() -> Path:
-    """The state directory: ``$OPENEULER_IMAGE_BUILDER_STATE_DIR``, else the charm's directory
+    """The state directory for ISOs, images, jobs and logs.
+
+    ``$OPENEULER_IMAGE_BUILDER_STATE_DIR``, else the charm's directory
     ``/var/lib/openeuler-image-builder`` when running as root, else
     ``$XDG_STATE_HOME/openeuler-image-builder`` (``~/.local/state/...``).
     """
@@ -60,6 +62,11 @@ class StateLayout:
         return self.root / "locks"
 
     @property
+    def packer_plugins(self) -> Path:
+        """Packer's plugin directory (``PACKER_PLUGIN_PATH``): the qemu plugin lives here."""
+        return self.root / "packer-plugins"
+
+    @property
     def maas_api_key_file(self) -> Path:
         """Root-only (0600) file holding the MAAS API key for background jobs."""
         return self.root / "secrets" / "maas-api-key"
@@ -81,8 +88,10 @@ class StateLayout:
 
 
 def templates_dir() -> Path:
-    """The jinja2 templates: inside the installed package (wheel), else the project or charm
-    root's ``templates/`` beside ``src/``.
+    """The directory of the jinja2 templates.
+
+    Inside the installed package (wheel), else the project or charm root's ``templates/`` beside
+    ``src/``.
     """
     packaged = Path(__file__).parent / "templates"
     if packaged.is_dir():

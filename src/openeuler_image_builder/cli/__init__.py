@@ -50,7 +50,17 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every subcommand registered."""
-    from openeuler_image_builder.cli import build, host, iso, jobs, maas, pack, recipe, releases
+    # Imported here: the submodules import helpers from this package.
+    from openeuler_image_builder.cli import (  # noqa: PLC0415
+        build,
+        host,
+        iso,
+        jobs,
+        maas,
+        pack,
+        recipe,
+        releases,
+    )
 
     parser = OneLineArgumentParser(
         prog="openeuler-image-builder",
@@ -91,3 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); don't print a traceback for that.
+        sys.stderr.close()
+        return EXIT_OK

@@ -1,0 +1,1 @@
+"""Stand-in for python3-oauthlib (only its presence matters to the probe)."""

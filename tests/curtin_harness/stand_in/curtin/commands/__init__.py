@@ -1,0 +1,1 @@
+"""curtin subcommands (stand-in)."""
