@@ -355,6 +355,8 @@ class LaunchSpec:
     working_directory: Path
     environment: Mapping[str, str]
     description: str
+    environment_file: Path | None = None
+    """Where a launcher that cannot pass the environment privately writes it (0600)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +400,20 @@ def unit_name(kind: JobKind, release: Release | str, arch: str) -> str:
     return f"openeuler-image-builder-{kind}-{name}-{arch}"
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by its owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def check_environment(environment: Mapping[str, str]) -> None:
     """Refuse environment variables that look like secrets (they would be visible to all).
 
@@ -439,7 +455,11 @@ class SystemdLauncher:
         self.command_timeout = command_timeout
 
     def command(self, spec: LaunchSpec) -> list[str]:
-        """The exact ``systemd-run`` argv that starts ``spec``."""
+        """The exact ``systemd-run`` argv that starts ``spec``.
+
+        The environment goes through ``spec.environment_file`` (written 0600 by ``start``),
+        never ``--setenv``: a proxy URL may carry credentials, and argv is world-readable.
+        """
         check_environment(spec.environment)
         argv = [
             self.systemd_run,
@@ -454,9 +474,23 @@ class SystemdLauncher:
             "--property=KillMode=control-group",
             f"--property=TimeoutStopSec={self.stop_timeout}s",
         ]
-        argv += [f"--setenv={key}={value}" for key, value in sorted(spec.environment.items())]
+        if spec.environment:
+            if spec.environment_file is None:
+                raise ValueError("a job environment needs an environment file for systemd")
+            argv.append(f"--property=EnvironmentFile={spec.environment_file}")
         argv += ["--", *spec.argv]
         return argv
+
+    @staticmethod
+    def environment_file_text(environment: Mapping[str, str]) -> str:
+        """The ``EnvironmentFile=`` content for ``environment`` (values quoted for systemd)."""
+        lines = []
+        for key, value in sorted(environment.items()):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or "\n" in value:
+                raise ValueError(f"cannot pass {key!r} to a background job")
+            quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{key}="{quoted}"')
+        return "".join(line + "\n" for line in lines)
 
     def start(self, spec: LaunchSpec) -> Launched:
         """Start the unit.
@@ -465,6 +499,8 @@ class SystemdLauncher:
             StepFailed: systemd-run failed (its message is included).
         """
         argv = self.command(spec)
+        if spec.environment and spec.environment_file is not None:
+            write_private_file(spec.environment_file, self.environment_file_text(spec.environment))
         try:
             completed = self.runner(argv, self.command_timeout)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -759,6 +795,7 @@ def _launch(
         working_directory=layout.root,
         environment=environment,
         description=f"openeuler-image-builder {state.kind} of {state.release} {state.arch}",
+        environment_file=path.with_suffix(".env"),
     )
     try:
         launched = launcher.start(spec)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures.charm_env import CharmEnv, job_id_of
 from fixtures.charm_ops import make_stored_image
+from fixtures.job_environment import job_environment
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
@@ -75,7 +76,7 @@ def test_build_image_starts_a_background_job(charm_env: CharmEnv) -> None:
     ]
     assert "--upload" not in command
     assert command[command.index("--settings") + 1] == str(charm_env.layout.root / "settings.json")
-    assert any(a.startswith("--setenv=PYTHONPATH=") and "src" in a for a in argv)
+    assert "src" in job_environment(argv)["PYTHONPATH"]
     # The job will tell the charm it finished.
     state = jobs.read_job_state(charm_env.layout.jobs / f"{job_id}.json")
     assert state.dispatch_unit == UNIT

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fixtures.charm_env import CharmEnv
+from fixtures.job_environment import environment_file_of, job_environment
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
@@ -400,7 +401,9 @@ def test_the_key_appears_in_no_log_argv_result_or_databag(
         assert not any(token_secret in arg for arg in argv)
     # The job gets the key by file only.
     (start,) = charm_env.runner.started()
-    assert f"--setenv=MAAS_API_KEY_FILE={charm_env.layout.maas_api_key_file}" in start
+    environment = job_environment(start)
+    assert environment["MAAS_API_KEY_FILE"] == str(charm_env.layout.maas_api_key_file)
+    assert token_secret not in environment_file_of(start).read_text()
     assert token_secret not in json.dumps(results)
     for relation_out in out.relations:
         for databag in (relation_out.local_app_data, relation_out.local_unit_data):

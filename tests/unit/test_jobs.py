@@ -4,8 +4,10 @@ dead-job detection through systemd, cancelling, and the build-finished dispatch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fixtures.job_environment import environment_file_of, job_environment
 
 from openeuler_image_builder import catalogue, images, jobs, locks
 from openeuler_image_builder.errors import StepFailed, UsageError
@@ -118,6 +121,7 @@ def test_systemd_run_command_is_exact(tmp_path: Path) -> None:
             "HTTP_PROXY": "http://p:3128",
         },
         description="openeuler-image-builder build of 24.03-LTS-SP3 x86_64",
+        environment_file=Path("/var/lib/openeuler-image-builder/jobs/job.env"),
     )
     assert jobs.SystemdLauncher(stop_timeout=90).command(spec) == [
         "systemd-run",
@@ -131,14 +135,27 @@ def test_systemd_run_command_is_exact(tmp_path: Path) -> None:
         "--property=StandardError=append:/var/lib/openeuler-image-builder/logs/job.log",
         "--property=KillMode=control-group",
         "--property=TimeoutStopSec=90s",
-        "--setenv=HTTP_PROXY=http://p:3128",
-        "--setenv=OPENEULER_IMAGE_BUILDER_STATE_DIR=/var/lib/x",
+        "--property=EnvironmentFile=/var/lib/openeuler-image-builder/jobs/job.env",
         "--",
         "/charm/venv/bin/python",
         "-m",
         "openeuler_image_builder",
         "build",
     ]
+    # Never on the command line (world-readable): a proxy URL may carry credentials.
+    without_file = dataclasses.replace(spec, environment_file=None)
+    with pytest.raises(ValueError, match="needs an environment file"):
+        jobs.SystemdLauncher().command(without_file)
+
+
+def test_environment_file_quotes_values_for_systemd() -> None:
+    text = jobs.SystemdLauncher.environment_file_text(
+        {"HTTPS_PROXY": 'http://user:p"a\\ss@proxy:3128', "A_B": "x y"}
+    )
+    assert text == 'A_B="x y"\nHTTPS_PROXY="http://user:p\\"a\\\\ss@proxy:3128"\n'
+    for bad in ({"BAD NAME": "x"}, {"OK": "two\nlines"}):
+        with pytest.raises(ValueError, match="cannot pass"):
+            jobs.SystemdLauncher.environment_file_text(bad)
 
 
 @pytest.mark.parametrize("name", ["MAAS_API_KEY", "maas_api_key", "GITHUB_TOKEN", "DB_PASSWORD"])
@@ -190,7 +207,12 @@ def test_start_build_job_with_systemd(layout: StateLayout, tmp_path: Path) -> No
         str(settings_file),
         "--upload",
     ]
-    setenv = {a.split("=", 2)[1]: a.split("=", 2)[2] for a in run if a.startswith("--setenv=")}
+    assert not any(a.startswith("--setenv") for a in run)
+    environment_file = environment_file_of(run)
+    assert environment_file == path.with_suffix(".env")
+    assert stat.S_IMODE(environment_file.stat().st_mode) == 0o600
+    assert "a:b:c" not in environment_file.read_text()
+    setenv = job_environment(run)
     assert setenv[STATE_DIR_ENV] == str(layout.root)
     assert setenv["MAAS_API_KEY_FILE"] == str(layout.maas_api_key_file)
     assert setenv["HTTP_PROXY"] == "http://proxy:3128"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fixtures.charm_ops import NOW, make_job, make_stored_image
 
+from openeuler_image_builder import build, packer
 from openeuler_image_builder import jobs as jobs_module
+from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.fleet import PublishedImage, UnitReport, merge_inventories
 from openeuler_image_builder.history import History
 from openeuler_image_builder.inventory import list_local_images
@@ -145,7 +148,7 @@ def test_failed_build_is_active_with_summary_and_log_action(tmp_path: Path) -> N
     [
         "KVM unavailable: deploy on bare metal or a VM with nested virtualisation",
         "not enough disk space in /var/lib/openeuler-image-builder: 12.0 GiB missing",
-        "install-tools failed: apt could not install: qemu-system-x86",
+        "setup-host failed: apt could not install: qemu-system-x86",
     ],
 )
 def test_failure_that_disables_the_unit_is_blocked(tmp_path: Path, error: str) -> None:
@@ -415,3 +418,23 @@ def test_follow_job_reports_failure_and_gives_up_at_timeout() -> None:
     )
     assert result.result == "running"
     assert logged[-1].startswith(f"stopped waiting; job {running.id} goes on")
+
+
+def _error_of(call: Callable[[], object]) -> str:
+    with pytest.raises(UsageError) as raised:
+        call()
+    return str(raised.value)
+
+
+def test_the_pipelines_own_tool_and_space_errors_block_the_unit(tmp_path: Path) -> None:
+    """The patterns follow the messages build.py and packer.py really raise."""
+    missing_packer = _error_of(
+        lambda: packer.detect_packer_version(str(tmp_path / "no-packer"), 5)
+    )
+    no_space = _error_of(
+        lambda: build.check_disk_space(
+            [build.SpaceNeed("disk image", tmp_path, 10**12)], free_space=lambda _: 10**9
+        )
+    )
+    for error in (missing_packer, no_space, f"install failed: {missing_packer}"):
+        assert failure_disables_unit(error), error
