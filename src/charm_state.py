@@ -1,7 +1,8 @@
-"""Ops-side helpers of the charm: MAAS access (URL, secret, key file, credential check), peer data.
+"""Ops-side helpers of the charm: MAAS (access, key file, credential check), install, peer data.
 
-Everything that needs ``ops`` but is not an event handler lives here, so ``charm.py`` stays a
-list of handlers. The workload package (``openeuler_image_builder``) never imports this.
+Everything that needs ``ops`` (or the charm's stored state) but is not an event handler lives
+here, so ``charm.py`` stays a list of handlers. The workload package (``openeuler_image_builder``)
+never imports this.
 
 The MAAS API key is read from the Juju secret named by ``maas-api-key``, kept in memory only as
 long as a hook needs it, and written to one root-only file (0600 in a 0700 directory) that
@@ -10,33 +11,33 @@ background jobs read. It never goes into logs, action results, relation data or 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
 import hashlib
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import ops
 from charms.openeuler_image_builder.v0.maas_controller import MaasEndpoint
 
-from openeuler_image_builder import fleet, maas
+from openeuler_image_builder import action_params, files, fleet, install, maas, status_text
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.timestamps import format_utc, utc_now
 
 logger = logging.getLogger(__name__)
 
 API_KEY_FIELD = "key"
+NO_MAAS = "no MAAS configured, images are kept locally"
 # Calls made inside hooks and actions must answer in seconds, not in the client's defaults.
 HOOK_MAAS_TIMEOUT = 10.0
 HOOK_MAAS_RETRIES = 1
 
 CheckKind = Literal["ok", "rejected", "not-admin", "unreachable", "error"]
+InstallMode = Literal["always", "if-needed", "retry", "never"]
 
 
 # --- MAAS access ---------------------------------------------------------------------------
@@ -197,23 +198,15 @@ def write_key_file(path: Path, key: str) -> bool:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    data = key.encode() + b"\n"
-    with contextlib.suppress(OSError):
-        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == 0o600:
-            return False
-    descriptor, temporary = tempfile.mkstemp(prefix=".key.", dir=directory)  # mode 0600
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return True
+    return files.write_if_changed(path, key + "\n", mode=files.PRIVATE)
+
+
+def sync_key_file(path: Path, access: MaasAccess) -> None:
+    """Write the key file while MAAS is configured; remove it when the key or URL went away."""
+    if access.configured and access.key:
+        write_key_file(path, access.key)
+    elif remove_key_file(path):
+        logger.info("MAAS key or URL gone: removed the key file")
 
 
 def remove_key_file(path: Path) -> bool:
@@ -278,8 +271,118 @@ class MaasCheck:
         return f"MAAS {self.host} holds {self.images} of our {noun}"
 
 
+def check_due(current: MaasCheck | None, *, force: bool, retry: bool) -> bool:
+    """Whether to check the credentials now.
+
+    Config, secret and relation changes (``force``) check a new key and re-check a failed one
+    (the operator may have fixed the user in MAAS); update-status (``retry``) checks a key
+    never checked and retries a MAAS that did not answer.
+    """
+    stale = current is None or (force and not current.ok)
+    failed_to_connect = current is not None and current.kind == "unreachable"
+    return (force and stale) or (retry and (stale or failed_to_connect))
+
+
+class MaasState:
+    """MAAS as one hook sees it: the access, and the credential check stored for it.
+
+    ``stored`` is the charm's ``StoredState``: its ``maas_check`` holds the last check
+    (``MaasCheck.to_dict``), which counts only while URL, key and CA are the ones it checked.
+    """
+
+    def __init__(self, access: MaasAccess, settings: Settings, stored: Any, app_name: str):
+        self.access = access
+        self.settings = settings
+        self.stored = stored
+        self.app_name = app_name
+
+    @property
+    def check(self) -> MaasCheck | None:
+        """The stored check when it was made for this access (same URL, key and CA)."""
+        check = MaasCheck.from_dict(dict(self.stored.maas_check or {}))
+        if check is None or not self.access.configured:
+            return None
+        fresh = check.fingerprint == self.access.fingerprint(self.settings.maas_ca_certificate)
+        return check if fresh else None
+
+    @property
+    def usable(self) -> bool:
+        """Configured, and the credential check passed: uploads can start."""
+        check = self.check
+        return check is not None and check.ok
+
+    def update(self, *, force: bool = False, retry: bool = False, recount: bool = False) -> None:
+        """Check the credentials when due (:func:`check_due`), or count our images again.
+
+        Args:
+            force: config, secret or relation changed.
+            retry: update-status.
+            recount: an image went into or out of MAAS: count ours again (with a whole check
+                when the credentials were never checked, e.g. the first hook is build-finished).
+        """
+        if not self.access.configured:
+            self.stored.maas_check = {}
+            return
+        current = self.check
+        if check_due(current, force=force or (recount and current is None), retry=retry):
+            self.stored.maas_check = check_maas(
+                self.access, self.settings, self.app_name
+            ).to_dict()
+        elif recount and current is not None and current.ok:
+            try:
+                with self.client() as client:
+                    count = count_our_images(client)
+            except (StepFailed, UsageError) as error:
+                logger.warning("could not count our images in MAAS: %s", error)
+                return
+            self.stored.maas_check = current.with_images(count).to_dict()
+
+    def client(self) -> maas.MaasClient:
+        """A client for hooks and actions (short timeout, one retry)."""
+        return self.access.client(self.settings)
+
+    def statuses(self) -> list[status_text.UnitStatus]:
+        """The MAAS part of the unit status: what to set, what is awaited, a failed check."""
+        found = []
+        if self.access.blocked:
+            found.append(status_text.UnitStatus("blocked", self.access.blocked))
+        if self.access.waiting:
+            found.append(status_text.UnitStatus("waiting", self.access.waiting))
+        check = self.check
+        if check is not None and not check.ok:
+            level = "waiting" if check.kind == "unreachable" else "blocked"
+            found.append(status_text.UnitStatus(level, check.message))
+        return found
+
+    def summary(self) -> str:
+        """What MAAS holds (after a good check), or which MAAS, or that there is none."""
+        check = self.check
+        if check is not None and check.ok:
+            return check.summary()
+        return f"MAAS {self.access.host}" if self.access.wanted and self.access.url else NO_MAAS
+
+    def missing(self) -> str | None:
+        """What stops uploads (config to set, or the failed credential check), or None."""
+        access = self.access
+        missing = action_params.missing_maas_config(access.url, access.configured)
+        if missing:
+            return access.blocked or missing
+        check = self.check
+        return check.message if check is not None and not check.ok else None
+
+    def list_images(self) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """Our images in MAAS as result rows, or why they cannot be listed."""
+        if not self.access.configured:
+            return None, self.access.blocked or self.access.waiting or NO_MAAS
+        try:
+            with self.client() as client:
+                return [dataclasses.asdict(image) for image in maas.list_images(client)], None
+        except (StepFailed, UsageError) as error:
+            return None, str(error)
+
+
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_utc(utc_now())
 
 
 def count_our_images(client: maas.MaasClient) -> int:
@@ -345,6 +448,50 @@ def check_maas(access: MaasAccess, settings: Settings, app_name: str) -> MaasChe
     return MaasCheck(fingerprint, "ok", "", host, found.version, images, _now())
 
 
+# --- build tools ---------------------------------------------------------------------------
+
+
+def install_tools(
+    unit: ops.Unit,
+    stored: Any,
+    plan: Callable[[], install.InstallPlan],
+    system: Callable[[], install.HostSystem],
+    *,
+    mode: InstallMode,
+) -> None:
+    """Install the build tools as the hook's ``mode`` says, showing progress in the status.
+
+    ``always`` (install, upgrade-charm); ``if-needed`` (config-changed: only when the plan
+    changed or nothing was installed); ``retry`` (update-status: only after a failure);
+    ``never``. The outcome goes to the charm's ``stored`` state (``install_error``,
+    ``packer_version``) and the workload version.
+    """
+    if mode == "never" or (mode == "retry" and not stored.install_error):
+        return
+    try:
+        wanted = plan()
+        if mode == "if-needed" and install.is_current(wanted) and stored.packer_version:
+            return
+        unit.status = ops.MaintenanceStatus("installing QEMU, firmware and Packer")
+
+        def progress(phase: str, percent: float | None, detail: str = "") -> None:
+            unit.status = ops.MaintenanceStatus(
+                f"installing build tools ({phase}): {detail}"[:100]
+            )
+
+        result = install.install(wanted, system=system(), progress=progress)
+    except (StepFailed, UsageError) as error:
+        logger.error("install failed: %s", error)
+        stored.install_error = str(error)
+        return
+    stored.install_error = ""
+    stored.packer_version = result.packer_version
+    unit.set_workload_version(result.packer_version)
+    logger.info(
+        "installed Packer %s and qemu plugin %s", result.packer_version, result.qemu_plugin_version
+    )
+
+
 # --- background jobs -----------------------------------------------------------------------
 
 
@@ -402,3 +549,36 @@ def read_assignments(
     except fleet.PeerDataError as error:
         logger.warning("ignoring the leader's assignments: %s", error)
         return None
+
+
+def fleet_share(
+    relation: ops.Relation | None,
+    unit: ops.Unit,
+    app: ops.Application,
+    releases: Sequence[str],
+    own_report: fleet.UnitReport,
+) -> fleet.Share:
+    """This unit's share of ``releases`` (``fleet.decide_share``) from the peer relation."""
+    reports, problems = read_peer_reports(relation, unit.name, own_report)
+    for unit_name, problem in problems.items():
+        logger.warning("ignoring the report of %s: %s", unit_name, problem)
+    leader = unit.is_leader() or relation is None
+    published = None if leader else read_assignments(relation, app)
+    return fleet.decide_share(
+        releases, unit.name, own_report.arch, reports, leader=leader, published=published
+    )
+
+
+def publish_fleet(
+    relation: ops.Relation | None,
+    unit: ops.Unit,
+    app: ops.Application,
+    report: fleet.UnitReport,
+    plan: fleet.Assignments | None,
+) -> None:
+    """Publish this unit's report and, when given (the leader's), the plan."""
+    if relation is None:
+        return
+    publish(relation.data[unit], fleet.UNIT_REPORT_KEY, report.to_json())
+    if plan is not None:
+        publish(relation.data[app], fleet.ASSIGNMENTS_KEY, plan.to_json())

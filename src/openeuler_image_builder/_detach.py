@@ -16,22 +16,32 @@ import subprocess
 import sys
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat).
-
-    Together with the pid it identifies a process even after the pid is reused.
-    """
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` from field 3 (the state) on; None when ``pid`` is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
             text = stat.read()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its last ")".
-    fields = text[text.rfind(")") + 2 :].split()
+    return text[text.rfind(")") + 2 :].split()
+
+
+def start_time(fields: list[str]) -> int | None:
+    """Field 22 (start time, clock ticks since boot) of :func:`proc_stat`'s fields."""
     try:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat).
+
+    Together with the pid it identifies a process even after the pid is reused.
+    """
+    fields = proc_stat(pid)
+    return None if fields is None else start_time(fields)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from openeuler_image_builder import catalogue
 from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.history import JobLike
+from openeuler_image_builder.jobs import JobState
+from openeuler_image_builder.settings import KVM_UNAVAILABLE
 
 _MAAS_NAME = re.compile(r"^(?:(custom|rhel)/)?[a-z0-9][a-z0-9._-]*$")
 MAX_TITLE = 100
@@ -28,13 +29,10 @@ def _resolve(text: str) -> catalogue.Release:
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildImageParams:
-    """``build-image``: ``upload`` None means "as the auto-upload config says"."""
+class _ReleaseParams:
+    """An action on one release (``release``: exact name or alias, checked on load)."""
 
     release: str
-    upload: bool | None = None
-    force: bool = False
-    wait: bool = False
 
     def __post_init__(self) -> None:
         _resolve(self.release)
@@ -43,6 +41,15 @@ class BuildImageParams:
     def target(self) -> catalogue.Release:
         """The catalogue release (aliases resolved)."""
         return _resolve(self.release)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildImageParams(_ReleaseParams):
+    """``build-image``: ``upload`` None means "as the auto-upload config says"."""
+
+    upload: bool | None = None
+    force: bool = False
+    wait: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,30 +69,19 @@ class BuildStatusParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class CancelBuildParams:
+class CancelBuildParams(_ReleaseParams):
     """``cancel-build``."""
-
-    release: str
-
-    def __post_init__(self) -> None:
-        _resolve(self.release)
-
-    @property
-    def target(self) -> catalogue.Release:
-        """The catalogue release."""
-        return _resolve(self.release)
 
 
 @dataclasses.dataclass(frozen=True)
-class UploadImageParams:
+class UploadImageParams(_ReleaseParams):
     """``upload-image``: empty name/title mean the defaults of the MAAS naming scheme."""
 
-    release: str
     name: str = ""
     title: str = ""
 
     def __post_init__(self) -> None:
-        _resolve(self.release)
+        super().__post_init__()
         if self.name and not _MAAS_NAME.match(self.name):
             raise ValueError(
                 f"name {self.name!r} is not a MAAS image name: use custom/<name> or "
@@ -98,11 +94,6 @@ class UploadImageParams:
                 f"(or empty for the default, e.g. 'openEuler 24.03 LTS SP2')"
             )
 
-    @property
-    def target(self) -> catalogue.Release:
-        """The catalogue release."""
-        return _resolve(self.release)
-
 
 @dataclasses.dataclass(frozen=True)
 class ListImagesParams:
@@ -110,19 +101,10 @@ class ListImagesParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeleteImageParams:
+class DeleteImageParams(_ReleaseParams):
     """``delete-image``."""
 
-    release: str
     from_maas: bool = False
-
-    def __post_init__(self) -> None:
-        _resolve(self.release)
-
-    @property
-    def target(self) -> catalogue.Release:
-        """The catalogue release."""
-        return _resolve(self.release)
 
 
 def missing_maas_config(maas_url: str, has_api_key: bool) -> str | None:
@@ -141,6 +123,33 @@ def missing_maas_config(maas_url: str, has_api_key: bool) -> str | None:
             "(juju add-secret, juju grant-secret, juju config maas-api-key=secret:<id>)"
         )
     return "; ".join(missing) if missing else None
+
+
+def build_refusal(
+    release: catalogue.Release,
+    arch: str,
+    *,
+    tools_installed: bool,
+    install_error: str,
+    kvm_usable: bool,
+) -> str | None:
+    """Why ``build-image`` cannot start a build of ``release`` on this unit now, or None.
+
+    Args:
+        release: the release asked for.
+        arch: the unit's architecture.
+        tools_installed: the build tools were installed.
+        install_error: why installing them failed ("" when it did not).
+        kvm_usable: KVM is usable, or not needed (``accelerator=tcg``).
+    """
+    if arch not in release.architectures:
+        return f"{release.name} has no {arch} ISO: it cannot be built on this unit"
+    if not tools_installed or install_error:
+        because = f" ({install_error})" if install_error else ""
+        return f"the build tools are not installed yet{because}: see 'juju status'"
+    if not kvm_usable:
+        return KVM_UNAVAILABLE
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +186,7 @@ def decide_upload(
     return UploadChoice(True, "auto-upload is on: the job uploads the image to MAAS")
 
 
-def already_running_message(job: JobLike) -> str:
+def already_running_message(job: JobState) -> str:
     """One line for a second ``build-image`` of a release whose job runs (names the job id)."""
     return (
         f"a {job.kind} of {job.release} ({job.arch}) is already running: job {job.id}, "
@@ -186,7 +195,7 @@ def already_running_message(job: JobLike) -> str:
     )
 
 
-def running_job_for(jobs: Sequence[JobLike], release: str, arch: str) -> JobLike:
+def running_job_for(jobs: Sequence[JobState], release: str, arch: str) -> JobState:
     """The running job (build or upload) of ``release`` x ``arch``, for ``cancel-build``.
 
     Raises:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from openeuler_image_builder import (
     __version__,
     cancellation,
+    files,
     images,
     iso,
     locks,
@@ -284,12 +285,11 @@ def _remove_stale_work_dirs(layout: StateLayout, release: Release, arch: Arch) -
 
 def _maas_client(request: BuildRequest) -> maas.MaasClient:
     settings = request.settings
-    url = os.environ.get(maas.MAAS_URL_ENV, "").strip() or settings.maas_url
+    url, key = maas.connection_settings(default_url=settings.maas_url)
     if not url:
         raise UsageError(
             "--upload needs the MAAS URL: pass --maas-url, set MAAS_URL, or set maas-url"
         )
-    key = maas.api_key_from_environment()
     if not key:
         raise UsageError(
             f"--upload needs a MAAS API key: set {maas.API_KEY_ENV} or {maas.API_KEY_FILE_ENV} "
@@ -326,7 +326,7 @@ def _finish_manifest(path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    images.write_json_atomic(path, data)
+    files.write_json_atomic(path, data)
     return data
 
 
@@ -500,19 +500,7 @@ def build_image(
                             progress=progress,
                         )
                     if in_store:
-                        images.record_upload(
-                            output_dir,
-                            {
-                                "name": upload_result.name,
-                                "architecture": upload_result.architecture,
-                                "sha256": upload_result.sha256,
-                                "status": upload_result.status,
-                                "maas_url": client.url,
-                                "uploaded_at": datetime.datetime.now(
-                                    datetime.timezone.utc
-                                ).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                            },
-                        )
+                        images.record_upload(output_dir, upload_result.store_record(client.url))
                 result = BuildResult(
                     image=tarball,
                     manifest_path=manifest_path,

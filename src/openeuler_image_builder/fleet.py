@@ -82,6 +82,11 @@ def assign(keys: Iterable[str], unit_names: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def _dumps(data: Mapping[str, Any]) -> str:
+    # Compact, sorted and stamped with the schema: an unchanged value is the same string.
+    return json.dumps({"schema": SCHEMA, **data}, sort_keys=True, separators=(",", ":"))
+
+
 def _loads(text: str | None, what: str) -> dict[str, Any]:
     if not text:
         raise PeerDataError(f"{what}: empty")
@@ -152,15 +157,12 @@ class UnitReport:
 
     def to_json(self) -> str:
         """The databag string."""
-        return json.dumps(
+        return _dumps(
             {
-                "schema": SCHEMA,
                 "arch": self.arch,
                 "can_build": self.can_build,
                 "images": [image.to_dict() for image in self.images],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
@@ -209,15 +211,12 @@ class Assignments:
 
     def to_json(self) -> str:
         """The databag string (stable: sorted keys, so an unchanged plan writes no change)."""
-        return json.dumps(
+        return _dumps(
             {
-                "schema": SCHEMA,
                 "releases": list(self.releases),
                 "owners": dict(sorted(self.owners.items())),
                 "unassigned": sorted(self.unassigned),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
@@ -302,6 +301,40 @@ def unit_share(
         return []
     mine = set(assignments.share_of(unit_name, arch))
     return [release for release in configured if release in mine]
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """One unit's part of the work.
+
+    Attributes:
+        releases: the configured releases this unit builds (config order).
+        units: how many units reported (this one included).
+        plan: the plan this unit made as the leader, to publish; None on other units.
+    """
+
+    releases: list[str]
+    units: int
+    plan: Assignments | None = None
+
+
+def decide_share(
+    releases: Sequence[str],
+    unit_name: str,
+    arch: str,
+    reports: Mapping[str, UnitReport],
+    *,
+    leader: bool,
+    published: Assignments | None = None,
+) -> Share:
+    """This unit's share of ``releases``.
+
+    The leader (or a unit without peers) plans from every unit's report (its own included);
+    the other units follow the plan the leader ``published`` (None: not yet, so nothing).
+    """
+    plan = plan_assignments(releases, reports) if leader else None
+    share = unit_share(plan if leader else published, unit_name, arch, releases)
+    return Share(share, len(reports), plan)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,9 @@ One JSON file, ``<state>/history.json``, written atomically, holds:
   once however often it is seen), so the charm can call it from every hook, not only from
   ``build-finished``: a job whose process died never dispatches, and ``jobs.list_jobs`` reports
   it failed later.
+- ``recorded_jobs``: the ids of every recorded job whose state file still exists, also once its
+  record is among the oldest dropped from ``records``: such a job is never recorded again, and
+  ``retention.prune_jobs`` removes only recorded jobs' files.
 - ``last_uploads``: per release and arch, the image last put in MAAS and its package-list
   digest. "A rebuild whose package list equals the last uploaded image's is not uploaded again"
   is decided against it (:meth:`History.upload_decision`); the old tarball may be gone by then.
@@ -32,17 +35,18 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from openeuler_image_builder import files
 from openeuler_image_builder.inventory import (
     LocalImage,
     manifest_packages_digest,
     manifest_path_for,
     read_manifest,
 )
+from openeuler_image_builder.jobs import JobState
 from openeuler_image_builder.settings import Settings
 from openeuler_image_builder.timestamps import (
     format_utc,
@@ -72,80 +76,6 @@ _NOT_BUILD_INPUTS = frozenset(
         "keep_images",
     }
 )
-
-
-class JobLike(Protocol):
-    """The fields of ``jobs.JobState`` this module and ``status_text`` read."""
-
-    @property
-    def id(self) -> str:
-        """Job id."""
-        ...
-
-    @property
-    def kind(self) -> str:
-        """``build`` or ``upload``."""
-        ...
-
-    @property
-    def release(self) -> str:
-        """Exact release name."""
-        ...
-
-    @property
-    def arch(self) -> str:
-        """Architecture."""
-        ...
-
-    @property
-    def phase(self) -> str:
-        """Current progress phase."""
-        ...
-
-    @property
-    def percent(self) -> float | None:
-        """Percent within the phase, None when unknown."""
-        ...
-
-    @property
-    def started(self) -> str:
-        """ISO 8601 UTC start time."""
-        ...
-
-    @property
-    def finished(self) -> str | None:
-        """ISO 8601 UTC end time, None while running."""
-        ...
-
-    @property
-    def result(self) -> str:
-        """``running``, ``succeeded``, ``failed`` or ``cancelled``."""
-        ...
-
-    @property
-    def error(self) -> str | None:
-        """One-line failure summary."""
-        ...
-
-    @property
-    def log_path(self) -> str:
-        """The job's log file."""
-        ...
-
-    @property
-    def image(self) -> str | None:
-        """Tarball path once packed."""
-        ...
-
-    @property
-    def sha256(self) -> str | None:
-        """Tarball sha256 once packed."""
-        ...
-
-    @property
-    def uploaded(self) -> bool:
-        """Whether the job put the image in MAAS."""
-        ...
 
 
 def settings_digest(settings: Settings) -> str:
@@ -333,6 +263,7 @@ class History:
         self.queue: list[QueuedBuild] = []
         self.held: dict[str, HeldBuild] = {}
         self.settings_digest: str | None = None
+        self.recorded_jobs: set[str] = set()
 
     # ---- persistence -----------------------------------------------------------------------
 
@@ -365,6 +296,8 @@ class History:
             }
             digest = data.get("settings_digest")
             history.settings_digest = str(digest) if digest else None
+            history.recorded_jobs = {str(i) for i in data.get("recorded_jobs", [])}
+            history.recorded_jobs.update(record.job_id for record in history.records)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -384,27 +317,14 @@ class History:
             "queue": [item.to_dict() for item in self.queue],
             "held": {k: v.to_dict() for k, v in sorted(self.held.items())},
             "settings_digest": self.settings_digest,
+            "recorded_jobs": sorted(self.recorded_jobs),
         }
 
     def save(self) -> None:
         """Write the file atomically (temporary file in the same directory, then rename)."""
         self.records = self.records[: self.keep]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        try:
-            with os.fdopen(descriptor, "w") as stream:
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        files.write_json_atomic(self.path, self.to_dict(), indent=1)
 
     @classmethod
     @contextlib.contextmanager
@@ -422,6 +342,10 @@ class History:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     # ---- records ---------------------------------------------------------------------------
+
+    def is_recorded(self, job_id: str) -> bool:
+        """Whether the job was recorded (its record may have been dropped as one of the oldest)."""
+        return job_id in self.recorded_jobs or self.find(job_id) is not None
 
     def find(self, job_id: str) -> BuildRecord | None:
         """The record of a job id, if recorded."""
@@ -449,7 +373,7 @@ class History:
 
     def record_finished(
         self,
-        job: JobLike,
+        job: JobState,
         *,
         manifest: Mapping[str, Any] | None = None,
         now: datetime.datetime | None = None,
@@ -457,12 +381,13 @@ class History:
         """Record one finished job; None if it is still running or was recorded before.
 
         Args:
-            job: a ``jobs.JobState``.
+            job: the finished job.
             manifest: the image's manifest; read from beside ``job.image`` when not given.
             now: the time to use for holds (tests).
         """
-        if job.result == "running" or self.find(job.id) is not None:
+        if job.result == "running" or self.is_recorded(job.id):
             return None
+        self.recorded_jobs.add(job.id)
         if manifest is None and job.image:
             manifest = read_manifest(manifest_path_for(job.image))
         digest = manifest_packages_digest(manifest)
@@ -535,7 +460,7 @@ class History:
 
     def _settle_queue(
         self,
-        job: JobLike,
+        job: JobState,
         item: QueuedBuild | None,
         key: str,
         now: datetime.datetime | None,
@@ -566,9 +491,9 @@ class History:
 
     def record_jobs(
         self,
-        jobs: Iterable[JobLike],
+        jobs: Iterable[JobState],
         *,
-        manifest_reader: Callable[[JobLike], Mapping[str, Any] | None] | None = None,
+        manifest_reader: Callable[[JobState], Mapping[str, Any] | None] | None = None,
         now: datetime.datetime | None = None,
     ) -> list[BuildRecord]:
         """Record every finished job not recorded yet (oldest first); return the new records.
@@ -584,6 +509,7 @@ class History:
             if record is not None:
                 new.append(record)
         known = {job.id for job in listed}
+        self.recorded_jobs &= known  # the others' files are gone: they cannot come back
         for item in list(self.queue):
             if item.job_id is not None and item.job_id not in known:
                 self.queue.remove(item)
@@ -668,7 +594,7 @@ class History:
             self.queue.append(QueuedBuild(release, arch, "schedule", moment))
         return list(self.queue)
 
-    def next_build(self, jobs: Iterable[JobLike]) -> QueuedBuild | None:
+    def next_build(self, jobs: Iterable[JobState]) -> QueuedBuild | None:
         """The next queued build to start, or None while any job of this unit runs."""
         if any(job.result == "running" for job in jobs):
             return None

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openeuler_image_builder import files, locks
 from openeuler_image_builder.paths import StateLayout
 
 IN_USE_FILE = ".in-use"
@@ -223,35 +222,11 @@ def try_exclusive(directory: Path) -> Iterator[bool]:
         yield False
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            yield False
-            return
-        yield True
+        yield locks.try_flock(fd, fcntl.LOCK_EX)
     finally:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any], mode: int = 0o644) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path`` and rename it into place."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True, default=str)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def record_upload(directory: Path, record: Mapping[str, Any]) -> None:
     """Remember that the image in ``directory`` was uploaded (``maas-upload.json``)."""
-    write_json_atomic(directory / UPLOAD_RECORD, record)
+    files.write_json_atomic(directory / UPLOAD_RECORD, record)

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from charmlibs import apt
 
-from openeuler_image_builder import openpgp
+from openeuler_image_builder import files, openpgp
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.progress import Reporter, null_reporter
@@ -261,8 +261,7 @@ def _sha256_of(handle: Any) -> str:
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read in blocks."""
-    with path.open("rb") as handle:
-        return _sha256_of(handle)
+    return files.hash_file(path)[0]
 
 
 def extract_verified_binary(bundle: Path, artifact: ReleaseArtifact, dest: Path) -> VerifiedBinary:
@@ -313,7 +312,6 @@ def extract_verified_binary(bundle: Path, artifact: ReleaseArtifact, dest: Path)
             with outer.open(members[zip_name]) as source, inner_path.open("wb") as target:
                 shutil.copyfileobj(source, target)
             binary_name = artifact.binary_in(zip_name)
-            partial = Path(scratch) / binary_name
             try:
                 with zipfile.ZipFile(inner_path) as inner:
                     broken = inner.testzip()
@@ -321,12 +319,13 @@ def extract_verified_binary(bundle: Path, artifact: ReleaseArtifact, dest: Path)
                         raise UsageError(f"{zip_name} in {bundle}: member {broken} fails its CRC")
                     if binary_name not in inner.namelist():
                         raise UsageError(f"{zip_name} in {bundle} holds no {binary_name}")
-                    with inner.open(binary_name) as source, partial.open("wb") as target:
+                    with (
+                        inner.open(binary_name) as source,
+                        files.atomic_writer(dest, mode=0o755) as target,
+                    ):
                         shutil.copyfileobj(source, target)
             except (zipfile.BadZipFile, zlib.error) as error:
                 raise UsageError(f"{zip_name} in {bundle} is damaged ({error})") from None
-            partial.chmod(0o755)
-            os.replace(partial, dest)
     return VerifiedBinary(dest, zip_name, actual)
 
 
@@ -608,23 +607,8 @@ class RealHostSystem:
 
     def write_file(self, path: Path, data: bytes, mode: int) -> bool:
         """Write via a temporary file in the same directory and rename."""
-        with contextlib.suppress(OSError):
-            if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
-                return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, mode)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        return True
+        return files.write_if_changed(path, data, mode=mode)
 
     def copy_file(self, source: Path, path: Path, mode: int) -> bool:
         """Copy via a temporary file in the same directory and rename."""
@@ -632,18 +616,8 @@ class RealHostSystem:
             if (path.stat().st_mode & 0o7777) == mode and file_sha256(path) == file_sha256(source):
                 return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle, source.open("rb") as origin:
-                shutil.copyfileobj(origin, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, mode)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        with files.atomic_writer(path, mode=mode) as handle, source.open("rb") as origin:
+            shutil.copyfileobj(origin, handle)
         return True
 
     def remove_file(self, path: Path) -> bool:

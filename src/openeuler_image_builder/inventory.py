@@ -17,10 +17,11 @@ import os
 import shutil
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from openeuler_image_builder import catalogue, images
 from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.jobs import JobState
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.timestamps import parse_utc_or_none
 
@@ -28,40 +29,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
-
-
-class RunningJob(Protocol):
-    """What :func:`delete_local_image` needs to know about a background job."""
-
-    @property
-    def id(self) -> str:
-        """Job id."""
-        ...
-
-    @property
-    def kind(self) -> str:
-        """``build`` or ``upload``."""
-        ...
-
-    @property
-    def release(self) -> str:
-        """Exact release name."""
-        ...
-
-    @property
-    def arch(self) -> str:
-        """Architecture."""
-        ...
-
-    @property
-    def result(self) -> str:
-        """``running`` while the job runs."""
-        ...
-
-    @property
-    def image(self) -> str | None:
-        """Tarball path the job works on, if known."""
-        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +175,7 @@ def delete_local_image(
     release: str,
     arch: str,
     *,
-    jobs: Sequence[RunningJob] = (),
+    jobs: Sequence[JobState] = (),
     sha256: str | None = None,
 ) -> list[LocalImage]:
     """Delete this unit's images of ``release`` x ``arch`` (all kept versions, or one by sha256).

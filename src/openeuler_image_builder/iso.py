@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,11 @@ from typing import BinaryIO
 import requests
 import urllib3.exceptions
 
-from openeuler_image_builder import __version__
+from openeuler_image_builder import __version__, files
 from openeuler_image_builder.catalogue import Arch, Release
 from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.progress import Reporter, null_reporter
+from openeuler_image_builder.progress import ByteProgress, Reporter, null_reporter
+from openeuler_image_builder.timestamps import format_utc, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +125,7 @@ def normalise_sha256(text: str) -> str:
 
 def hash_file(path: Path, progress: Reporter = null_reporter) -> tuple[str, int]:
     """The sha256 and size of a file, read once in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    report = _ByteProgress(progress)
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as stream:
-        while True:
-            count = stream.readinto(view)
-            if not count:
-                break
-            digest.update(view[:count])
-            done += count
-            report(done, total)
-    return digest.hexdigest(), done
+    return files.hash_file(path, block_size=CHUNK_SIZE, report=ByteProgress(progress, STEP))
 
 
 def cache_files(cache_dir: Path, release: Release, arch: Arch) -> list[Path]:
@@ -185,19 +171,9 @@ def _write_record(iso: Path, digest: str, source: str) -> None:
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "source": source,
-        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "verified_at": format_utc(utc_now()),
     }
-    target = _record_path(iso)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(record, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    files.write_json_atomic(_record_path(iso), record)
 
 
 def _session() -> requests.Session:
@@ -306,7 +282,7 @@ def _download(
     offset = 0
     validator: str | None = None
     failures = 0
-    report = _ByteProgress(progress)
+    report = ByteProgress(progress, STEP)
     with _open_partial(partial) as out:
         if partial.stat().st_size:
             progress(STEP, None, "checking the partial download")
@@ -413,28 +389,6 @@ def _body_chunks(response: requests.Response) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
-
-
-class _ByteProgress:
-    """Reports bytes done of a total, at most every ``interval`` seconds.
-
-    Reporters may write a job state file on every call, so a report per chunk is too many.
-    """
-
-    def __init__(self, progress: Reporter, interval: float = 0.5) -> None:
-        self.progress = progress
-        self.interval = interval
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval and done != total:
-            return
-        self.last = now
-        if total:
-            self.progress(STEP, 100 * done / total, f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
-        else:
-            self.progress(STEP, None, f"{done / 2**20:.0f} MiB")
 
 
 def _range_start(response: requests.Response) -> int:

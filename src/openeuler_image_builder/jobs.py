@@ -33,12 +33,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from openeuler_image_builder import images, locks
-from openeuler_image_builder._detach import process_start_time
+from openeuler_image_builder import files, images, locks
+from openeuler_image_builder._detach import proc_stat, process_start_time, start_time
 from openeuler_image_builder.catalogue import Arch, Release
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
 from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.timestamps import format_utc, parse_utc_or_none, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +58,9 @@ _STATE_LOCK = ".state.lock"
 _START_LOCK = ".start.lock"
 
 
-def utc_now() -> datetime.datetime:
-    """The current time in UTC (whole seconds)."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-
-
 def iso_time(moment: datetime.datetime | None = None) -> str:
-    """``2026-11-27T07:05:12Z``."""
-    return (moment or utc_now()).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso_time(text: str | None) -> datetime.datetime | None:
-    """Parse a time written by ``iso_time``; None when missing or malformed."""
-    if not text:
-        return None
-    try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.timezone.utc
-        )
-    except ValueError:
-        return None
+    """``2026-11-27T07:05:12Z`` (now, or ``moment``)."""
+    return format_utc(moment or utc_now())
 
 
 @dataclasses.dataclass
@@ -125,11 +109,11 @@ class JobState:
 
     def elapsed(self, now: datetime.datetime | None = None) -> float | None:
         """Seconds from start to finish (or to now while running)."""
-        started = parse_iso_time(self.started)
+        started = parse_utc_or_none(self.started)
         if started is None:
             return None
-        end = parse_iso_time(self.finished) if self.finished else (now or utc_now())
-        return max(0.0, ((end or utc_now()) - started).total_seconds())
+        end = parse_utc_or_none(self.finished) or now or utc_now()
+        return max(0.0, (end - started).total_seconds())
 
     def dispatch_target(self) -> DispatchTarget | None:
         """Where to dispatch the finished event, if anywhere."""
@@ -216,7 +200,7 @@ def read_job_state(path: Path) -> JobState:
 def write_job_state(path: Path, state: JobState) -> None:
     """Write a state file atomically (temporary file in the same directory, then rename)."""
     state.updated = iso_time()
-    images.write_json_atomic(path, state.to_json())
+    files.write_json_atomic(path, state.to_json())
 
 
 @contextlib.contextmanager
@@ -400,20 +384,6 @@ def unit_name(kind: JobKind, release: Release | str, arch: str) -> str:
     return f"openeuler-image-builder-{kind}-{name}-{arch}"
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by its owner only (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def check_environment(environment: Mapping[str, str]) -> None:
     """Refuse environment variables that look like secrets (they would be visible to all).
 
@@ -500,7 +470,12 @@ class SystemdLauncher:
         """
         argv = self.command(spec)
         if spec.environment and spec.environment_file is not None:
-            write_private_file(spec.environment_file, self.environment_file_text(spec.environment))
+            spec.environment_file.parent.mkdir(parents=True, exist_ok=True)
+            files.write_atomic(
+                spec.environment_file,
+                self.environment_file_text(spec.environment),
+                mode=files.PRIVATE,
+            )
         try:
             completed = self.runner(argv, self.command_timeout)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -559,15 +534,10 @@ class SystemdLauncher:
 
 def process_alive(pid: int, start: int | None = None) -> bool:
     """Whether ``pid`` runs (not a zombie) and, if ``start`` is given, is the same process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
-            text = stat.read()
-    except OSError:
-        return False
-    fields = text[text.rfind(")") + 2 :].split()
+    fields = proc_stat(pid)
     if not fields or fields[0] in ("Z", "X", "x"):
         return False
-    return start is None or process_start_time(pid) == start
+    return start is None or start_time(fields) == start
 
 
 class ProcessLauncher:
@@ -634,7 +604,7 @@ class ProcessLauncher:
     def is_alive(self, job: JobState) -> bool | None:
         """Whether the job's process still runs."""
         if job.pid is None:
-            started = parse_iso_time(job.started)
+            started = parse_utc_or_none(job.started)
             young = started is not None and (
                 (utc_now() - started).total_seconds() < _PID_GRACE_SECONDS
             )
@@ -846,15 +816,8 @@ def start_build_job(
             bad.
         StepFailed: the launcher could not start the job (the state file then says failed).
     """
-    layout.ensure()
-    settings = _load_settings(settings_file)
-    job_environment = _job_environment(layout, environment)
-    if upload:
-        _check_upload_configured(layout, settings, job_environment)
-    with _locked(layout.jobs / _START_LOCK):
-        running = active_job(layout, release.name, arch, launchers={launcher.name: launcher})
-        if running is not None:
-            raise JobAlreadyRunning(running)
+
+    def check(settings: Settings) -> dict[str, Any]:
         holder = locks.lock_holder(layout, release.name, arch)
         if holder is not None:
             raise UsageError(locks.lock_refusal_message(release.name, arch, holder))
@@ -866,40 +829,23 @@ def start_build_job(
                         f"exists ({image.tarball}, built {image.built_at}): "
                         f"use force to build again (for example to pick up updates)"
                     )
-        job_id = _new_job_id(layout, "build", release, arch)
-        state = JobState(
-            id=job_id,
-            kind="build",
-            release=release.name,
-            arch=arch,
-            started=iso_time(),
-            log_path=str(layout.logs / f"{job_id}.log"),
-            upload_requested=upload,
-            launcher=launcher.name,
-            unit=unit_name("build", release, arch) if launcher.name == "systemd" else None,
-            dispatch_unit=dispatch.unit_name if dispatch else None,
-            dispatch_charm_dir=str(dispatch.charm_dir) if dispatch else None,
-            dispatch_event=dispatch.event if dispatch else None,
-        )
-        path = job_state_path(layout, job_id)
-        write_job_state(path, state)
-    argv = [
-        python,
-        "-m",
-        "openeuler_image_builder",
+        return {}
+
+    return _start_job(
+        layout,
         "build",
-        "--release",
-        release.name,
-        "--arch",
+        release,
         arch,
-        "--job-state",
-        str(path),
-    ]
-    if settings_file is not None:
-        argv += ["--settings", str(settings_file)]
-    if upload:
-        argv.append("--upload")
-    return _launch(layout, state, argv, launcher, job_environment)
+        upload=upload,
+        check=check,
+        command=["build", "--release", release.name, "--arch", arch],
+        options=["--upload"] if upload else [],
+        launcher=launcher,
+        dispatch=dispatch,
+        settings_file=settings_file,
+        environment=environment,
+        python=python,
+    )
 
 
 def start_upload_job(
@@ -922,55 +868,142 @@ def start_upload_job(
         UsageError: no image of this release and arch is stored, or MAAS is not configured.
         StepFailed: the launcher could not start the job.
     """
-    layout.ensure()
-    settings = _load_settings(settings_file)
-    job_environment = _job_environment(layout, environment)
-    _check_upload_configured(layout, settings, job_environment)
-    with _locked(layout.jobs / _START_LOCK):
-        running = active_job(
-            layout, release.name, arch, kind="upload", launchers={launcher.name: launcher}
-        )
-        if running is not None:
-            raise JobAlreadyRunning(running)
+
+    def check(settings: Settings) -> dict[str, Any]:
         image = images.newest_image(layout, release.name, arch)
         if image is None:
             store = images.store_dir(layout, release.name, arch)
             raise UsageError(f"no image of {release.name} {arch} in {store}: build one first")
-        job_id = _new_job_id(layout, "upload", release, arch)
+        return {"image": str(image.tarball), "sha256": image.sha256}
+
+    options = (["--name", name] if name else []) + (["--title", title] if title else [])
+    return _start_job(
+        layout,
+        "upload",
+        release,
+        arch,
+        upload=True,
+        check=check,
+        command=["jobs", "run-upload"],
+        options=options,
+        launcher=launcher,
+        dispatch=dispatch,
+        settings_file=settings_file,
+        environment=environment,
+        python=python,
+    )
+
+
+def _start_job(
+    layout: StateLayout,
+    kind: JobKind,
+    release: Release,
+    arch: Arch,
+    *,
+    upload: bool,
+    check: Callable[[Settings], dict[str, Any]],
+    command: list[str],
+    options: list[str],
+    launcher: Launcher,
+    dispatch: DispatchTarget | None,
+    settings_file: Path | None,
+    environment: Mapping[str, str] | None,
+    python: str,
+) -> JobState:
+    # What both kinds share: settings, environment and MAAS checks, the one-job-per-kind rule
+    # and the job's own refusals (``check``, returning extra state fields) under the start
+    # lock, the first state file, then the launch of
+    # ``python -m openeuler_image_builder <command> --job-state F [--settings S] <options>``.
+    layout.ensure()
+    settings = _load_settings(settings_file)
+    job_environment = _job_environment(layout, environment)
+    if upload:
+        _check_upload_configured(layout, settings, job_environment)
+    with _locked(layout.jobs / _START_LOCK):
+        running = active_job(
+            layout, release.name, arch, kind=kind, launchers={launcher.name: launcher}
+        )
+        if running is not None:
+            raise JobAlreadyRunning(running)
+        fields = check(settings)
+        job_id = _new_job_id(layout, kind, release, arch)
         state = JobState(
             id=job_id,
-            kind="upload",
+            kind=kind,
             release=release.name,
             arch=arch,
             started=iso_time(),
             log_path=str(layout.logs / f"{job_id}.log"),
-            image=str(image.tarball),
-            sha256=image.sha256,
-            upload_requested=True,
+            upload_requested=upload,
             launcher=launcher.name,
-            unit=unit_name("upload", release, arch) if launcher.name == "systemd" else None,
+            unit=unit_name(kind, release, arch) if launcher.name == "systemd" else None,
             dispatch_unit=dispatch.unit_name if dispatch else None,
             dispatch_charm_dir=str(dispatch.charm_dir) if dispatch else None,
             dispatch_event=dispatch.event if dispatch else None,
+            **fields,
         )
         path = job_state_path(layout, job_id)
         write_job_state(path, state)
-    argv = [
-        python,
-        "-m",
-        "openeuler_image_builder",
-        "jobs",
-        "run-upload",
-        "--job-state",
-        str(path),
-    ]
+    argv = [python, "-m", "openeuler_image_builder", *command, "--job-state", str(path)]
     if settings_file is not None:
         argv += ["--settings", str(settings_file)]
-    if name:
-        argv += ["--name", name]
-    if title:
-        argv += ["--title", title]
-    return _launch(layout, state, argv, launcher, job_environment)
+    return _launch(layout, state, argv + options, launcher, job_environment)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStarter:
+    """Starts and lists one caller's jobs, each with the same launcher, dispatch and environment.
+
+    The charm makes one per hook; ``work.advance`` and the actions start jobs through it.
+    """
+
+    layout: StateLayout
+    launcher: Launcher
+    dispatch: DispatchTarget | None = None
+    settings_file: Path | None = None
+    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def build(
+        self,
+        release: Release,
+        arch: Arch,
+        *,
+        upload: bool,
+        force: bool = False,
+        settings_file: Path | None = None,
+    ) -> JobState:
+        """``start_build_job`` (``settings_file`` overrides the starter's)."""
+        return start_build_job(
+            self.layout,
+            release,
+            arch,
+            upload=upload,
+            force=force,
+            launcher=self.launcher,
+            dispatch=self.dispatch,
+            settings_file=settings_file or self.settings_file,
+            environment=self.environment,
+        )
+
+    def upload(
+        self, release: Release, arch: Arch, *, name: str | None = None, title: str | None = None
+    ) -> JobState:
+        """``start_upload_job``."""
+        return start_upload_job(
+            self.layout,
+            release,
+            arch,
+            name=name,
+            title=title,
+            launcher=self.launcher,
+            dispatch=self.dispatch,
+            settings_file=self.settings_file,
+            environment=self.environment,
+        )
+
+    def list_jobs(self) -> list[JobState]:
+        """``list_jobs``, liveness checked by this starter's launcher."""
+        return list_jobs(self.layout, launchers={self.launcher.name: self.launcher})
 
 
 def _load_settings(settings_file: Path | None) -> Settings:
@@ -994,6 +1027,16 @@ def load_settings_file(path: Path) -> Settings:
     if not isinstance(data, dict):
         raise UsageError(f"settings file {path} must hold a JSON object of settings")
     return Settings.from_mapping(data)
+
+
+def write_settings_file(path: Path, settings: Settings) -> bool:
+    """Write ``settings`` for jobs to read with ``--settings``; returns whether it changed.
+
+    No secret goes in: the MAAS key reaches jobs by its own root-only file.
+    """
+    return files.write_if_changed(
+        path, files.json_text(settings.model_dump(mode="json"), indent=1)
+    )
 
 
 def _check_upload_configured(
@@ -1035,6 +1078,22 @@ def cancel_job(
         f"(log: {current.log_path})",
         log_tail(current),
     )
+
+
+def cancel_running(layout: StateLayout, launcher: Launcher, timeout: float = 60) -> list[JobState]:
+    """Stop every running job (the charm's ``remove``); returns their final states.
+
+    A job that cannot be stopped is logged and left out; the others are still stopped.
+    """
+    stopped = []
+    for job in list_jobs(layout, launchers={launcher.name: launcher}):
+        if not job.running:
+            continue
+        try:
+            stopped.append(cancel_job(layout, job, launcher, timeout=timeout))
+        except (StepFailed, UsageError) as error:
+            logger.warning("could not stop job %s: %s", job.id, error)
+    return stopped
 
 
 # ---------------------------------------------------------------------------------------------

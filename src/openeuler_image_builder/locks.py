@@ -10,7 +10,6 @@ flock'ed file lets two processes hold "the" lock on two different inodes.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import fcntl
 import json
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.timestamps import format_utc, utc_now
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,17 @@ class LockHolder:
         if self.started:
             parts.append(f"started {self.started}")
         return ", ".join(parts) or "holder unknown"
+
+
+def try_flock(fd: int, operation: int) -> bool:
+    """``flock(fd, operation | LOCK_NB)``; False (not raised) when someone else holds it."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return False
+    return True
 
 
 def build_lock_path(layout: StateLayout, release: str, arch: str) -> Path:
@@ -71,12 +82,8 @@ def lock_holder(layout: StateLayout, release: str, arch: str) -> LockHolder | No
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return _read_holder(fd)
-            raise
+        if not try_flock(fd, fcntl.LOCK_SH):
+            return _read_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -111,16 +118,12 @@ def build_lock(
     # O_CLOEXEC: Packer, QEMU and every other child must not inherit (and so keep) the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            raise UsageError(lock_refusal_message(release, arch, _read_holder(fd))) from None
+        if not try_flock(fd, fcntl.LOCK_EX):
+            raise UsageError(lock_refusal_message(release, arch, _read_holder(fd)))
         holder = {
             "pid": os.getpid(),
             "job_id": job_id,
-            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started": format_utc(utc_now()),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)

@@ -14,7 +14,6 @@ The API key never reaches a log record, an exception message, a ``repr`` or a ch
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -34,9 +33,11 @@ import requests.auth
 import requests.utils
 from requests.adapters import HTTPAdapter
 
+from openeuler_image_builder import files
 from openeuler_image_builder.catalogue import MAAS_ARCHITECTURE, Arch, NameScheme, Release
 from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.progress import Reporter, null_reporter
+from openeuler_image_builder.progress import ByteProgress, Reporter, null_reporter
+from openeuler_image_builder.timestamps import format_utc, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,32 @@ def api_key_from_environment(environ: Mapping[str, str] | None = None) -> str | 
     if key_file:
         return read_api_key_file(Path(key_file))
     return None
+
+
+def connection_settings(
+    *,
+    url: str | None = None,
+    key: str | None = None,
+    key_file: Path | None = None,
+    default_url: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, str | None]:
+    """The MAAS URL and API key to use: given values, else the environment, else defaults.
+
+    URL: ``url``, ``MAAS_URL``, ``default_url`` (the settings' ``maas-url``). Key: ``key``, the
+    file ``key_file``, then :func:`api_key_from_environment`. ``""``/None when missing; the
+    caller says which of its options to set.
+
+    Raises:
+        UsageError: a key file readable by others, or not a key.
+    """
+    env = os.environ if environ is None else environ
+    found_url = url or env.get(MAAS_URL_ENV, "").strip() or default_url
+    if key:
+        return found_url, key
+    if key_file is not None:
+        return found_url, read_api_key_file(key_file)
+    return found_url, api_key_from_environment(env)
 
 
 class _PlaintextOAuth(requests.auth.AuthBase):
@@ -703,25 +730,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def hash_file(
     path: Path, *, progress: Reporter = null_reporter, block_size: int = CHUNK_SIZE
 ) -> tuple[str, int]:
-    """sha256 and size of a file, read once."""
-    digest = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    last_report = 0.0
-    buffer = bytearray(block_size)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-            done += count
-            now = time.monotonic()
-            if now - last_report >= 0.5:
-                last_report = now
-                progress("upload", 100 * done / total if total else None, "computing sha256")
-    return digest.hexdigest(), done
+    """sha256 and size of a file, read once (reported as ``upload``: computing sha256)."""
+    report = ByteProgress(progress, "upload", "computing sha256")
+    return files.hash_file(path, block_size=block_size, report=report)
 
 
 def read_image_facts(tarball: Path, *, progress: Reporter = null_reporter) -> ImageFacts:
@@ -867,6 +878,17 @@ class UploadResult:
     def to_json(self) -> dict[str, object]:
         """JSON-serialisable form (``upload --json``)."""
         return dataclasses.asdict(self)
+
+    def store_record(self, maas_url: str) -> dict[str, str]:
+        """What the image store keeps about this upload (``images.record_upload``)."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "sha256": self.sha256,
+            "status": self.status,
+            "maas_url": maas_url,
+            "uploaded_at": format_utc(utc_now()),
+        }
 
     @property
     def message(self) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import datetime
 import fcntl
 import glob
 import hashlib
@@ -41,11 +40,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from openeuler_image_builder import __version__, cancellation, diskimage
+from openeuler_image_builder import __version__, cancellation, diskimage, files
 from openeuler_image_builder.catalogue import Arch
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.progress import Reporter, null_reporter
-from openeuler_image_builder.verify import Problem, verify_tree
+from openeuler_image_builder.timestamps import format_utc, utc_now
+from openeuler_image_builder.verify import Problem, resolve_in_root, verify_tree
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ class Manifest:
 
     def write(self, path: Path) -> None:
         """Write atomically (temporary file in the same directory, then ``os.replace``)."""
-        with _temporary_manifest(self, path) as temporary:
-            os.replace(temporary, path)
+        files.write_json_atomic(path, self.to_json())
 
 
 @contextlib.contextmanager
@@ -156,18 +155,10 @@ def _temporary_manifest(manifest: Manifest, final: Path) -> Iterator[Path]:
 
     The file is removed on exit unless it was renamed into place.
     """
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(manifest.to_json(), stream, indent=2, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        path.chmod(0o644)
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+    with files.staged_file(final) as (stream, temporary):
+        stream.write(files.json_text(manifest.to_json()).encode())
+        files.finish(stream)
+        yield temporary
 
 
 def manifest_path_for(tarball: Path) -> Path:
@@ -180,37 +171,6 @@ def manifest_path_for(tarball: Path) -> Path:
 
 
 # -- facts about the mounted tree --------------------------------------------------------------
-
-
-def resolve_in_root(root: Path, relative: str) -> Path | None:
-    """``relative`` inside the tree at ``root``, following symlinks as if ``root`` were ``/``.
-
-    Absolute links are taken relative to ``root`` and ``..`` stops at it, so nothing outside the
-    image is ever reached. None when a component does not exist or links loop.
-    """
-    parts = [p for p in relative.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        if not candidate.exists():
-            return None
-        resolved.append(part)
-    return root.joinpath(*resolved)
 
 
 def _one_line(text: str) -> str:
@@ -789,7 +749,7 @@ def pack_disk_image(
             kernel=kernel,
             packages=rpm.packages,
             cloud_init=cloud_init,
-            built_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            built_at=format_utc(utc_now()),
             build_duration=durations["pack"],
             durations={**(extra_durations or {}), **durations}
             if isinstance(extra_durations, Mapping) or extra_durations is None

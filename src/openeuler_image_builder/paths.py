@@ -71,6 +71,16 @@ class StateLayout:
         """Root-only (0600) file holding the MAAS API key for background jobs."""
         return self.root / "secrets" / "maas-api-key"
 
+    @property
+    def job_settings(self) -> Path:
+        """The settings background jobs read (``--settings``; the charm writes it, no secret)."""
+        return self.root / "settings.json"
+
+    @property
+    def rebuild_settings(self) -> Path:
+        """The settings of scheduled rebuilds (``include-updates`` forced on)."""
+        return self.root / "settings-rebuild.json"
+
     def ensure(self) -> None:
         """Create the directories (0755; the secrets directory 0700)."""
         for directory in (

@@ -36,6 +36,37 @@ class MultiReporter:
             reporter(phase, percent, detail)
 
 
+class ByteProgress:
+    """Turns ``(bytes done, total)`` into reports of ``phase``, throttled.
+
+    At most one report every ``interval`` seconds, and always one at the end: reporters may
+    write a job state file on every call, so a report per chunk read is too many. The detail
+    is ``detail`` when given, else ``12/690 MiB``.
+    """
+
+    def __init__(
+        self, progress: Reporter, phase: str, detail: str | None = None, interval: float = 0.5
+    ) -> None:
+        self.progress = progress
+        self.phase = phase
+        self.detail = detail
+        self.interval = interval
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        """Report ``done`` bytes of ``total`` (None: unknown)."""
+        now = time.monotonic()
+        if now - self.last < self.interval and done != total:
+            return
+        self.last = now
+        percent = 100 * done / total if total else None
+        detail = self.detail
+        if detail is None:
+            of = f"/{total / 2**20:.0f}" if total else ""
+            detail = f"{done / 2**20:.0f}{of} MiB"
+        self.progress(self.phase, percent, detail)
+
+
 class TerminalBar:
     """A one-line progress bar on a terminal (stderr); silent when not a terminal.
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Literal
 
 import jinja2
 
-from openeuler_image_builder import __version__
+from openeuler_image_builder import __version__, files
 from openeuler_image_builder.catalogue import Arch, Release, host_arch
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import templates_dir
@@ -262,16 +260,7 @@ def _embeddable(name: str, text: str) -> str:
 def _write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
     """Write ``path`` through a temporary file in the same directory and rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode() if isinstance(text, str) else text
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, text, mode=mode)
 
 
 def _copy_vars(source: Path, target: Path, arch: Arch, code: Path) -> None:

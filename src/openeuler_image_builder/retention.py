@@ -1,7 +1,7 @@
-"""Housekeeping of the state directory: old images, unconfigured ISOs, old job records.
+"""Housekeeping of the state directory: old images, unconfigured ISOs, old jobs' files.
 
 Keeps the newest ``keep-images`` images per release x arch, drops cached ISOs of releases no
-longer configured, and forgets old job records.
+longer configured, and removes the state files and logs of old finished jobs.
 
 Nothing a build or an upload is using is ever removed. "Using" is known three ways, any one of
 which protects: the image directory's in-use lock (held by every build and upload while they
@@ -16,10 +16,10 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from openeuler_image_builder import catalogue, images, jobs, locks
+from openeuler_image_builder import catalogue, history, images, jobs, locks
 from openeuler_image_builder.paths import StateLayout
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,20 @@ ISO_NAME = re.compile(r"^openEuler-(?P<release>.+)-(?P<arch>x86_64|aarch64)-dvd\
 # A build directory without a finished image younger than this may be one whose build is
 # just starting (created before its build lock was taken): leave it alone.
 INCOMPLETE_GRACE_SECONDS = 600.0
-KEEP_JOB_RECORDS = 50
+# Finished jobs (state file, environment file, logs) kept per release x arch: the job log,
+# Packer log and serial log of a build take megabytes each, and weekly rebuilds never stop.
+KEEP_JOBS = 5
+# The job's own log, Packer's log and its UI output (packer.PackerRun), the serial console copy.
+LOG_SUFFIXES = (".log", ".packer.log", ".packer.log.ui", ".serial.log")
+# Job ids and foreground build ids: ``<kind>-<release>-<arch>-<UTC stamp>[-N]``.
+JOB_ID = re.compile(
+    r"^(?P<kind>build|upload)-(?P<release>.+)-(?P<arch>x86_64|aarch64)-"
+    r"(?P<stamp>\d{8}T\d{6}Z)(?:-\d+)?$"
+)
+JOB_LOG_NAME = re.compile(
+    r"^(?P<id>(?:build|upload)-(?P<release>.+)-(?P<arch>x86_64|aarch64)-\d{8}T\d{6}Z(?:-\d+)?)"
+    r"\.(?:packer\.log\.ui|packer\.log|serial\.log|log)$"
+)
 
 
 def _resolved(path: Path) -> Path:
@@ -111,6 +124,23 @@ def prune_images(
     return removed
 
 
+def prune_after_config(
+    layout: StateLayout,
+    releases: Sequence[str],
+    keep_images: int,
+    *,
+    launchers: Mapping[str, jobs.Launcher] | None = None,
+) -> list[Path]:
+    """What the charm removes when its config changes: ISOs and images no longer wanted.
+
+    ISOs of releases not in ``releases`` go only when some are configured (without configured
+    releases, cached ISOs serve ``build-image``); images beyond ``keep_images`` per release x
+    arch go. Returns what was removed.
+    """
+    removed = prune_iso_cache(layout, releases, launchers=launchers) if releases else []
+    return removed + prune_images(layout, keep_images, launchers=launchers)
+
+
 def prune_iso_cache(
     layout: StateLayout,
     releases: Iterable[str],
@@ -144,20 +174,101 @@ def prune_iso_cache(
     return removed
 
 
-def prune_job_records(layout: StateLayout, keep: int = KEEP_JOB_RECORDS) -> list[Path]:
-    """Remove the state files and logs of all but the newest ``keep`` finished jobs."""
-    finished = [job for job in jobs.list_jobs(layout) if not job.running]
+def _recorded_by_history(layout: StateLayout) -> Callable[[str], bool]:
+    # Only a charm unit keeps a history; without one no job waits to be recorded.
+    path = history.History.path_in(layout.root)
+    if not path.exists():
+        return lambda job_id: True
+    return history.History.load(path).is_recorded
+
+
+def _job_files(layout: StateLayout, job_id: str) -> list[Path]:
+    # The state file first: a prune cut short leaves logs without a job, pruned next time.
+    state = jobs.job_state_path(layout, job_id)
+    return [
+        state,
+        state.with_suffix(".env"),
+        *(layout.logs / f"{job_id}{suffix}" for suffix in LOG_SUFFIXES),
+    ]
+
+
+def _orphan_log_ids(layout: StateLayout) -> dict[str, tuple[str, str]]:
+    # Logs of foreground builds (``build`` without a job) and of jobs whose state file is gone:
+    # id -> (release, arch), parsed from the file name. A job started meanwhile has its state
+    # file before its log, so its log is never taken for an orphan.
+    found: dict[str, tuple[str, str]] = {}
+    if not layout.logs.is_dir():
+        return found
+    for path in layout.logs.iterdir():
+        match = JOB_LOG_NAME.match(path.name)
+        if match is None or match.group("id") in found or not path.is_file():
+            continue
+        if not jobs.job_state_path(layout, match.group("id")).exists():
+            found[match.group("id")] = (match.group("release"), match.group("arch"))
+    return found
+
+
+def prune_jobs(
+    layout: StateLayout,
+    keep: int = KEEP_JOBS,
+    *,
+    recorded: Callable[[str], bool] | None = None,
+    jobs_listed: Sequence[jobs.JobState] | None = None,
+    launchers: Mapping[str, jobs.Launcher] | None = None,
+) -> list[Path]:
+    """Remove the files of old finished jobs: state file, ``.env`` file and logs.
+
+    Keeps the newest ``keep`` finished jobs of each release x arch, every running job and every
+    job the history has not recorded yet (it would never learn how the job ended). Logs left
+    without a job (foreground ``build`` runs: ``<build id>.packer.log``/``.serial.log``) are
+    kept the same way, ``keep`` per release x arch, and never while that release x arch's build
+    lock is held. Returns the files removed.
+
+    Args:
+        layout: the state directory.
+        keep: finished jobs kept per release x arch (at least 1).
+        recorded: whether the history recorded a job id; None reads the history file of
+            ``layout`` (without one, e.g. standalone, every finished job counts as recorded).
+        jobs_listed: ``jobs.list_jobs(layout)`` when the caller has it.
+        launchers: for ``jobs.list_jobs`` when ``jobs_listed`` is not given.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    listed = (
+        list(jobs_listed)
+        if jobs_listed is not None
+        else jobs.list_jobs(layout, launchers=launchers)
+    )
+    is_recorded = recorded or _recorded_by_history(layout)
+    doomed: list[Path] = []
+    seen: dict[tuple[str, str], int] = {}
+    for job in sorted(listed, key=lambda j: (j.started, j.id), reverse=True):
+        if job.running:
+            continue
+        rank = seen.get((job.release, job.arch), 0)
+        seen[(job.release, job.arch)] = rank + 1
+        if rank >= keep and is_recorded(job.id):
+            doomed += _job_files(layout, job.id)
+    orphans = _orphan_log_ids(layout)
+    by_target: dict[tuple[str, str], list[str]] = {}
+    for log_id, target in orphans.items():
+        by_target.setdefault(target, []).append(log_id)
+    for (release, arch), ids in by_target.items():
+        if locks.lock_holder(layout, release, arch) is not None:
+            continue
+        for log_id in sorted(ids, key=_id_order, reverse=True)[keep:]:
+            doomed += [layout.logs / f"{log_id}{suffix}" for suffix in LOG_SUFFIXES]
     removed: list[Path] = []
-    for job in finished[keep:]:
-        for path in (
-            jobs.job_state_path(layout, job.id),
-            Path(job.log_path) if job.log_path else None,
-            layout.logs / f"{job.id}.packer.log",
-            layout.logs / f"{job.id}.serial.log",
-        ):
-            if path is None:
-                continue
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                path.unlink()
-                removed.append(path)
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        logger.info("removed %d files of old jobs", len(removed))
     return removed
+
+
+def _id_order(log_id: str) -> tuple[str, str]:
+    # Newest first by the UTC stamp in the id, then by the id (its "-N" suffix).
+    match = JOB_ID.match(log_id)
+    return (match.group("stamp") if match else "", log_id)

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -31,6 +30,7 @@ from typing import Literal, Protocol
 import jinja2
 from charmlibs import systemd as charmlibs_systemd
 
+from openeuler_image_builder import files
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.paths import templates_dir
 from openeuler_image_builder.settings import ACCEPTED_FORMS, Settings
@@ -347,19 +347,5 @@ class RebuildTimer:
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return True
+    return files.write_if_changed(path, text)

@@ -236,6 +236,13 @@ def describe_validation_error(
     return "; ".join(lines)
 
 
+# Why a build cannot run without KVM (also the charm's Blocked status), and how to fix it.
+KVM_UNAVAILABLE = (
+    "KVM unavailable: deploy on bare metal or a VM with nested virtualisation, "
+    "or set accelerator=tcg (slow)"
+)
+
+
 def resolve_accelerator(accelerator: Accelerator, kvm_usable: bool) -> Literal["kvm", "tcg"]:
     """Pick the accelerator for a build: ``auto`` means KVM when usable, else refuse.
 
@@ -245,8 +252,5 @@ def resolve_accelerator(accelerator: Accelerator, kvm_usable: bool) -> Literal["
     if accelerator == "tcg":
         return "tcg"
     if not kvm_usable:
-        raise UsageError(
-            "KVM unavailable: deploy on bare metal or a VM with nested virtualisation, "
-            "or set accelerator=tcg (slow)"
-        )
+        raise UsageError(KVM_UNAVAILABLE)
     return "kvm"

@@ -14,19 +14,19 @@ import datetime
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from openeuler_image_builder.fleet import FleetImage
-from openeuler_image_builder.history import BuildRecord, History, JobLike
+from openeuler_image_builder.history import BuildRecord, History
 from openeuler_image_builder.inventory import LocalImage, newest_images
+from openeuler_image_builder.jobs import JobState
+from openeuler_image_builder.settings import KVM_UNAVAILABLE
 from openeuler_image_builder.timestamps import (
     format_duration,
-    parse_utc_or_none,
     seconds_between,
     utc_now,
 )
 
-Job = TypeVar("Job", bound=JobLike)
 StatusLevel = Literal["active", "maintenance", "waiting", "blocked"]
 ResultValue = str | dict[str, Any]
 
@@ -77,15 +77,7 @@ def _shorten(text: str, limit: int = MAX_ERROR) -> str:
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
-def _elapsed(job: JobLike, now: datetime.datetime) -> float | None:
-    started = parse_utc_or_none(job.started)
-    if started is None:
-        return None
-    end = parse_utc_or_none(job.finished) or now
-    return max(0.0, (end - started).total_seconds())
-
-
-def job_line(job: JobLike, *, now: datetime.datetime | None = None) -> str:
+def job_line(job: JobState, *, now: datetime.datetime | None = None) -> str:
     """One line for a running job, as ``juju status`` shows it.
 
     ``building 24.03-LTS-SP2 (x86_64): installing packages 45%, 7m``;
@@ -94,7 +86,7 @@ def job_line(job: JobLike, *, now: datetime.datetime | None = None) -> str:
     now = now or utc_now()
     target = f"{job.release} ({job.arch})"
     percent = "" if job.percent is None else f"{job.percent:.0f}%"
-    elapsed = format_duration(_elapsed(job, now))
+    elapsed = format_duration(job.elapsed(now))
     if job.kind == "upload" or job.phase in ("upload", "sync"):
         if job.phase == "sync":
             what = PHASE_TEXT["sync"]
@@ -139,7 +131,7 @@ def unit_status(
     *,
     unit_name: str,
     arch: str,
-    jobs: Sequence[JobLike],
+    jobs: Sequence[JobState],
     images: Sequence[LocalImage],
     history: History | None = None,
     share: Sequence[str] | None = None,
@@ -212,6 +204,62 @@ def unit_status(
     return UnitStatus("active", f"idle{suffix}")
 
 
+def charm_statuses(
+    *,
+    install_error: str,
+    tools_installed: bool,
+    kvm_usable: bool,
+    schedule_error: str,
+    maas: Sequence[UnitStatus],
+    work: UnitStatus,
+    maas_text: str,
+) -> list[UnitStatus]:
+    """Every status that applies to the charm's unit, for its collect-status handler.
+
+    The charm adds them all; ops shows the highest level (blocked > maintenance > waiting >
+    active), the first one given within a level.
+
+    Args:
+        install_error: why installing the build tools failed ("" when it did not).
+        tools_installed: the build tools were installed.
+        kvm_usable: KVM is usable, or not needed (``accelerator=tcg``).
+        schedule_error: why the rebuild timer could not be applied ("").
+        maas: the MAAS statuses (missing key or URL, failed credential check).
+        work: :func:`unit_status`.
+        maas_text: what MAAS holds, or that there is none (for the Active status).
+    """
+    statuses = []
+    if install_error:
+        statuses.append(
+            UnitStatus(
+                "blocked",
+                f"installing the build tools failed: {install_error}; "
+                f"retrying at each update-status",
+            )
+        )
+    elif not tools_installed:
+        statuses.append(UnitStatus("maintenance", "waiting to install the build tools"))
+    if not kvm_usable:
+        statuses.append(UnitStatus("blocked", KVM_UNAVAILABLE))
+    if schedule_error:
+        statuses.append(UnitStatus("blocked", schedule_error))
+    statuses += maas
+    if work.level == "active":
+        statuses.append(UnitStatus("active", active_message(work.message, maas_text)))
+    else:
+        statuses.append(work)
+    return statuses
+
+
+def active_message(work: str, maas_text: str) -> str:
+    """The Active status: the unit's work, then what MAAS holds (or that there is no MAAS)."""
+    if work.startswith("idle: no images"):
+        return f"ready: {maas_text}"
+    if work.startswith("build of "):  # a failure summary: already long, keep it whole
+        return work
+    return f"{work}; {maas_text}"
+
+
 def _ready_text(images: Sequence[LocalImage], arch: str, share: Sequence[str] | None) -> str:
     newest = newest_images([image for image in images if image.arch == arch])
     wanted = list(share) if share else sorted({release for release, _ in newest})
@@ -257,7 +305,7 @@ def check_result_keys(result: Mapping[str, Any], path: str = "") -> None:
 
 
 def job_result(
-    job: JobLike,
+    job: JobState,
     *,
     now: datetime.datetime | None = None,
     log_lines: Sequence[str] = (),
@@ -273,7 +321,7 @@ def job_result(
         "percent": "" if job.percent is None else f"{job.percent:.0f}",
         "started": job.started,
         "finished": job.finished or "",
-        "elapsed": format_duration(_elapsed(job, now)),
+        "elapsed": format_duration(job.elapsed(now)),
         "result": job.result,
         "error": job.error or "",
         "log-path": job.log_path,
@@ -281,20 +329,19 @@ def job_result(
         "sha256": job.sha256 or "",
         "uploaded": "true" if job.uploaded else "false",
     }
-    detail = getattr(job, "detail", "")
-    if isinstance(detail, str) and detail:
-        row["detail"] = detail
+    if job.detail:
+        row["detail"] = job.detail
     if log_lines:
         row["log-tail"] = "\n".join(log_lines)
     return row
 
 
 def build_status_result(
-    jobs: Sequence[Job],
+    jobs: Sequence[JobState],
     *,
     history: History | None = None,
     release: str | None = None,
-    log_tail: Callable[[Job], Sequence[str]] | None = None,
+    log_tail: Callable[[JobState], Sequence[str]] | None = None,
     recent: int = 5,
     status: UnitStatus | None = None,
     now: datetime.datetime | None = None,
@@ -358,8 +405,24 @@ def _record_result(record: BuildRecord) -> dict[str, str]:
     }
 
 
+def job_outcome(job: JobState) -> str:
+    """``build of 24.03-LTS-SP2 (x86_64) failed: <error>`` (how a job ended, one line)."""
+    return f"{job.kind} of {job.release} ({job.arch}) {job.result}" + (
+        f": {job.error}" if job.error else ""
+    )
+
+
+def cancel_result(job: JobState) -> dict[str, Any]:
+    """The ``cancel-build`` result: the job's id and final result."""
+    return {
+        "job-id": job.id,
+        "result": job.result,
+        "message": f"{job.kind} of {job.release} ({job.arch}): {job.result}",
+    }
+
+
 def build_started_result(
-    job: JobLike, *, unit_name: str, upload_note: str, wait: bool = False
+    job: JobState, *, unit_name: str, upload_note: str, wait: bool = False
 ) -> dict[str, Any]:
     """The ``build-image`` (or ``upload-image``) result when the job has just started."""
     verb = "build" if job.kind == "build" else "upload"
@@ -438,7 +501,7 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def follow_job(
-    read: Callable[[], Job],
+    read: Callable[[], JobState],
     log: Callable[[str], None],
     *,
     poll_interval: float = 5.0,
@@ -446,7 +509,7 @@ def follow_job(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], datetime.datetime] = utc_now,
-) -> Job:
+) -> JobState:
     """Stream a job's progress (``build-image wait=true``) until it ends; return its last state.
 
     Logs one line (:func:`job_line`) when the phase changes or the percentage moves by 5 or

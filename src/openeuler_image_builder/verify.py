@@ -119,6 +119,18 @@ def _resolve(view: _View, path: str) -> str | None:
     return "/".join(resolved)
 
 
+def resolve_in_root(root: Path, relative: str) -> Path | None:
+    """``relative`` inside the tree at ``root``, following symlinks as if ``root`` were ``/``.
+
+    Absolute links are taken relative to ``root`` and ``..`` stops at it, so nothing outside the
+    image is ever reached. None when a component does not exist or links loop.
+    """
+    resolved = _resolve(_DirectoryView(root), relative)
+    if resolved is None:
+        return None
+    return root / resolved if resolved else root
+
+
 class _DirectoryView:
     def __init__(self, root: Path) -> None:
         self.root = root

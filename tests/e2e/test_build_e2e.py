@@ -23,7 +23,7 @@ from fixtures.standin_iso import E2E_ARCH, E2E_RELEASE
 from fixtures.standin_runs import E2EBuild, E2EJobBuild, leftovers
 
 from e2e.standin.builder import DEFAULT_CLOUD_INIT
-from openeuler_image_builder import render, verify
+from openeuler_image_builder import render, retention, verify
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.settings import Settings
 
@@ -192,6 +192,13 @@ def test_build_leaves_nothing_behind(e2e_cli_build: E2EBuild) -> None:
     assert sorted(p.name for p in e2e_cli_build.output_dir.iterdir()) == sorted(
         [e2e_cli_build.tarball.name, e2e_cli_build.manifest_path.name]
     )
+    # Every log the build left is one retention.prune_jobs knows (foreground build logs).
+    logs = sorted((e2e_cli_build.state_dir / "logs").iterdir())
+    assert logs, "the build left no logs"
+    for log in logs:
+        match = retention.JOB_LOG_NAME.match(log.name)
+        assert match is not None, f"{log.name} would never be pruned"
+        assert match.group("release") == E2E_RELEASE.name
 
 
 def test_background_job_build_records_its_state(e2e_job_build: E2EJobBuild) -> None:
@@ -212,3 +219,11 @@ def test_background_job_build_records_its_state(e2e_job_build: E2EJobBuild) -> N
     shas = [f["sha256"] for s in resource["sets"].values() for f in s["files"].values()]
     assert e2e_job_build.manifest["sha256"] in shas
     assert json.loads(e2e_job_build.manifest_path.read_text()) == e2e_job_build.manifest
+    # Every file the job left under jobs/ and logs/ is one retention.prune_jobs removes with it.
+    layout = StateLayout(e2e_job_build.state_dir)
+    job_id = state["id"]
+    left = {p.name for p in layout.jobs.iterdir() if not p.name.startswith(".")}
+    assert left <= {f"{job_id}.json", f"{job_id}.env"}, left
+    logs = {p.name for p in layout.logs.iterdir()}
+    assert logs == {f"{job_id}{suffix}" for suffix in retention.LOG_SUFFIXES} & logs, logs
+    assert {f"{job_id}.log", f"{job_id}.packer.log", f"{job_id}.serial.log"} <= logs, logs

@@ -24,7 +24,7 @@ from fixtures.standin_iso import E2E_ARCH, E2E_RELEASE
 from fixtures.standin_runs import E2EJobBuild
 from ops import testing
 
-from openeuler_image_builder import jobs
+from openeuler_image_builder import jobs, maas
 from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
 
 pytestmark = pytest.mark.e2e
@@ -60,10 +60,16 @@ def test_build_finished_reports_the_real_job_and_its_image_in_maas(
     built = datetime.datetime.fromisoformat(
         e2e_job_build.manifest["built_at"].replace("Z", "+00:00")
     ).date()
-    assert isinstance(out.unit_status, testing.ActiveStatus)
-    assert out.unit_status.message.startswith(
-        f"ready: {E2E_RELEASE.name} in MAAS ({built.isoformat()}); MAAS 127.0.0.1"
-    ), out.unit_status
+    # The job uploaded its image itself; this hook is the charm's first: it checks the key and
+    # counts our images in MAAS (the same count the MAAS API gives).
+    with maas.MaasClient(e2e_job_build.maas.url, e2e_job_build.maas.admin_key) as client:
+        ours = maas.list_images(client)
+    assert any(image.name == E2E_RELEASE.maas_name() for image in ours)
+    noun = "image" if len(ours) == 1 else "images"
+    assert out.unit_status == testing.ActiveStatus(
+        f"ready: {E2E_RELEASE.name} in MAAS ({built.isoformat()}); "
+        f"MAAS 127.0.0.1 holds {len(ours)} of our {noun}"
+    )
     messages = [record.getMessage() for record in caplog.records]
     assert f"build of {E2E_RELEASE.name} ({E2E_ARCH}) succeeded" in messages
     assert any("already uploaded by its build job" in message for message in messages)

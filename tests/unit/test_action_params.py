@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fixtures.charm_ops import make_job
 
+from openeuler_image_builder import catalogue
 from openeuler_image_builder.action_params import (
     BuildImageParams,
     BuildStatusParams,
@@ -12,11 +15,13 @@ from openeuler_image_builder.action_params import (
     DeleteImageParams,
     UploadImageParams,
     already_running_message,
+    build_refusal,
     decide_upload,
     missing_maas_config,
     running_job_for,
 )
 from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.settings import KVM_UNAVAILABLE
 
 
 def test_release_aliases_resolve() -> None:
@@ -104,3 +109,29 @@ def test_running_job_for_cancel() -> None:
         running_job_for([done, running], "24.03-LTS-SP2", "x86_64")
     with pytest.raises(UsageError, match="running: none"):
         running_job_for([done], "24.03-LTS-SP2", "x86_64")
+
+
+def test_build_refusal_says_why_a_build_cannot_start_here() -> None:
+    release = catalogue.resolve("24.03")
+
+    def refusal(**changes: object) -> str | None:
+        facts: dict[str, object] = {
+            "tools_installed": True,
+            "install_error": "",
+            "kvm_usable": True,
+            **changes,
+        }
+        return build_refusal(release, "x86_64", **facts)  # type: ignore[arg-type]
+
+    assert refusal() is None
+    x86_only = dataclasses.replace(release, architectures=("x86_64",))
+    assert build_refusal(
+        x86_only, "aarch64", tools_installed=True, install_error="", kvm_usable=True
+    ) == (f"{release.name} has no aarch64 ISO: it cannot be built on this unit")
+    assert refusal(tools_installed=False) == (
+        "the build tools are not installed yet: see 'juju status'"
+    )
+    assert refusal(install_error="apt failed") == (
+        "the build tools are not installed yet (apt failed): see 'juju status'"
+    )
+    assert refusal(kvm_usable=False) == KVM_UNAVAILABLE

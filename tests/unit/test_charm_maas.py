@@ -38,6 +38,18 @@ def region(api_url: str | None = None, regions: list[str] | None = None) -> test
     )
 
 
+def region_changed(
+    env: CharmEnv, relation: testing.Relation, secret: testing.Secret | None = None
+) -> tuple[testing.Context, testing.State]:
+    """The region's relation-changed (the key ``secret`` configured, if given): context, state."""
+    ctx = env.ctx()
+    keyed: dict[str, Any] = {}
+    if secret is not None:
+        keyed = {"secrets": {secret}, "config": {"maas-api-key": secret.id}}
+    state = env.state(relations={relation}, **keyed)
+    return ctx, ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+
+
 def api_key(key: str) -> testing.Secret:
     return testing.Secret(tracked_content={"key": key})
 
@@ -55,11 +67,7 @@ def test_url_from_relation_and_nothing_published(
 ) -> None:
     relation = region(maas_double.url, ["region-1.maas", "region-2.maas"])
     secret = api_key(maas_double.admin_key)
-    ctx = charm_env.ctx()
-    state = charm_env.state(
-        relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-    )
-    out = ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+    _, out = region_changed(charm_env, relation, secret)
 
     assert out.unit_status == testing.ActiveStatus("ready: MAAS 127.0.0.1 holds 0 of our images")
     # The region would take a unit publishing "url" for a rack controller: publish nothing.
@@ -91,10 +99,7 @@ def test_maas_url_config_overrides_the_relation(
 
 def test_relation_without_url_waits(charm_env: CharmEnv) -> None:
     relation = region()
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0), charm_env.state(relations={relation})
-    )
+    _, out = region_changed(charm_env, relation)
     assert out.unit_status == testing.WaitingStatus(
         "waiting for the MAAS region to publish its API URL"
     )
@@ -102,10 +107,7 @@ def test_relation_without_url_waits(charm_env: CharmEnv) -> None:
 
 def test_relation_with_unusable_data_waits_and_says_why(charm_env: CharmEnv) -> None:
     relation = region("maas.example:5240")
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0), charm_env.state(relations={relation})
-    )
+    _, out = region_changed(charm_env, relation)
     assert out.unit_status == testing.WaitingStatus(
         "the MAAS region published unusable data: api_url 'maas.example:5240' is not an "
         "http(s) URL"
@@ -114,10 +116,7 @@ def test_relation_with_unusable_data_waits_and_says_why(charm_env: CharmEnv) -> 
 
 def test_url_without_key_blocks_with_the_commands_to_run(charm_env: CharmEnv) -> None:
     relation = region("http://10.0.0.2:5240/MAAS")
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0), charm_env.state(relations={relation})
-    )
+    _, out = region_changed(charm_env, relation)
     assert out.unit_status == testing.BlockedStatus(
         "MAAS at 10.0.0.2 needs an admin API key: run 'juju add-secret maas-api key=<key>', "
         f"'juju grant-secret maas-api {APP}' and 'juju config {APP} maas-api-key=<secret URI>'"
@@ -144,11 +143,7 @@ def test_relation_broken_removes_the_key_file(
 ) -> None:
     relation = region(maas_double.url)
     secret = api_key(maas_double.admin_key)
-    ctx = charm_env.ctx()
-    state = charm_env.state(
-        relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-    )
-    out = ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+    ctx, out = region_changed(charm_env, relation, secret)
     assert key_file_text(charm_env) == maas_double.admin_key
 
     out = ctx.run(ctx.on.relation_broken(relation), out)
@@ -219,13 +214,7 @@ def test_rejected_or_non_admin_key_blocks_with_the_fix(
 ) -> None:
     relation = region(maas_double.url)
     secret = api_key(getattr(maas_double, which))
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0),
-        charm_env.state(
-            relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-        ),
-    )
+    _, out = region_changed(charm_env, relation, secret)
     assert isinstance(out.unit_status, testing.BlockedStatus)
     message = out.unit_status.message
     assert message.startswith(expected.format(id=secret.id))
@@ -249,13 +238,7 @@ def test_unreachable_maas_waits_and_update_status_checks_again(
     monkeypatch.setattr(charm_state, "check_maas", counting)
     relation = region(UNREACHABLE)
     secret = api_key("a:b:c")
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0),
-        charm_env.state(
-            relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-        ),
-    )
+    ctx, out = region_changed(charm_env, relation, secret)
     assert isinstance(out.unit_status, testing.WaitingStatus)
     assert out.unit_status.message.startswith(f"MAAS unreachable at {UNREACHABLE}")
     assert out.unit_status.message.endswith("checking again at the next update-status")
@@ -272,13 +255,7 @@ def test_credentials_checked_once_not_on_update_status(
 ) -> None:
     relation = region(maas_double.url)
     secret = api_key(maas_double.admin_key)
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0),
-        charm_env.state(
-            relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-        ),
-    )
+    ctx, out = region_changed(charm_env, relation, secret)
     made = len(maas_double.requests)
     assert made > 0
     out = ctx.run(ctx.on.update_status(), out)
@@ -293,13 +270,7 @@ def test_status_counts_our_images_in_maas(charm_env: CharmEnv, maas_double: Maas
     maas_double.add_uploaded("custom/something-else", "amd64/generic", b"z" * 10)
     relation = region(maas_double.url)
     secret = api_key(maas_double.admin_key)
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0),
-        charm_env.state(
-            relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-        ),
-    )
+    _, out = region_changed(charm_env, relation, secret)
     assert out.unit_status == testing.ActiveStatus("ready: MAAS 127.0.0.1 holds 2 of our images")
 
 
@@ -309,11 +280,7 @@ def test_secret_rotation_is_picked_up(charm_env: CharmEnv, maas_double: MaasDoub
         tracked_content={"key": maas_double.user_key},
         latest_content={"key": maas_double.user_key},
     )
-    ctx = charm_env.ctx()
-    state = charm_env.state(
-        relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-    )
-    out = ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+    ctx, out = region_changed(charm_env, relation, secret)
     assert isinstance(out.unit_status, testing.BlockedStatus)  # non-admin key
 
     rotated = testing.Secret(
@@ -338,13 +305,7 @@ def test_key_file_is_root_only_and_removed_with_the_key(
 ) -> None:
     relation = region(maas_double.url)
     secret = api_key(maas_double.admin_key)
-    ctx = charm_env.ctx()
-    out = ctx.run(
-        ctx.on.relation_changed(relation, remote_unit=0),
-        charm_env.state(
-            relations={relation}, secrets={secret}, config={"maas-api-key": secret.id}
-        ),
-    )
+    ctx, out = region_changed(charm_env, relation, secret)
     path = charm_env.layout.maas_api_key_file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -414,3 +375,26 @@ def test_the_key_appears_in_no_log_argv_result_or_databag(
     job = charm_env.job_states()[0]
     assert job.upload_requested
     assert isinstance(job, jobs.JobState)
+
+
+@pytest.mark.parametrize(
+    ("stored", "force", "retry", "due"),
+    [
+        (None, False, False, False),  # a plain hook never checks
+        (None, True, False, True),  # config, secret or relation changed: a new key
+        (None, False, True, True),  # update-status: never checked yet
+        ("ok", True, False, False),  # a good check is not repeated
+        ("ok", False, True, False),
+        ("rejected", True, False, True),  # the operator may have fixed the user in MAAS
+        ("rejected", False, True, False),  # update-status does not hammer a refusing MAAS
+        ("unreachable", False, True, True),  # ... but retries one that did not answer
+        ("unreachable", False, False, False),
+    ],
+)
+def test_when_the_credentials_are_checked(
+    stored: str | None, force: bool, retry: bool, due: bool
+) -> None:
+    import charm_state
+
+    current = None if stored is None else charm_state.MaasCheck("f", stored)  # type: ignore[arg-type]
+    assert charm_state.check_due(current, force=force, retry=retry) is due

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.charm_env import CharmEnv, dispatched, state_path_of
-from fixtures.charm_ops import make_stored_image
+from fixtures.charm_ops import make_job, make_stored_image
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
@@ -172,6 +172,45 @@ def test_finished_queue_build_is_uploaded_when_maas_is_configured(
         "ready: 24.03-LTS-SP4 in MAAS (2026-11-20); MAAS 127.0.0.1 holds 1 of our image"
     )
     assert "24.03-LTS-SP4/x86_64" in records_of(charm_env).last_uploads
+
+
+def finished_job_that_uploaded_itself(env: CharmEnv, double: MaasDouble) -> jobs.JobState:
+    """A ``build-image upload=true`` job that ended: its image in the store and in MAAS."""
+    env.layout.ensure()
+    tarball = make_stored_image(env.layout, "24.03-LTS-SP4", built_at=T0, uploaded=True)
+    manifest = inventory.read_manifest(inventory.manifest_path_for(tarball))
+    assert manifest is not None
+    double.add_uploaded("openeuler-24.03-lts-sp4", "amd64/generic", b"x" * 10)
+    return make_job(
+        "24.03-LTS-SP4",
+        result="succeeded",
+        started=T0 - datetime.timedelta(minutes=30),
+        image=str(tarball),
+        sha256=manifest["sha256"],
+        uploaded=True,
+        upload_requested=True,
+        layout=env.layout,
+    )
+
+
+@pytest.mark.parametrize("checked_before", [True, False])
+def test_maas_image_count_follows_a_job_that_uploaded_its_image_itself(
+    charm_env: CharmEnv, maas_double: MaasDouble, checked_before: bool
+) -> None:
+    secret, config = maas_config(maas_double)
+    ctx = charm_env.ctx()
+    state = charm_env.state(secrets={secret}, config=config)
+    if checked_before:  # config-changed checked the key while MAAS held none of our images
+        state = ctx.run(ctx.on.config_changed(), state)
+        assert state.unit_status.message.endswith("MAAS 127.0.0.1 holds 0 of our images")
+    finished_job_that_uploaded_itself(charm_env, maas_double)
+
+    out = ctx.run(dispatched("build-finished"), state)
+
+    assert out.unit_status == testing.ActiveStatus(
+        "ready: 24.03-LTS-SP4 in MAAS (2026-11-20); MAAS 127.0.0.1 holds 1 of our image"
+    )
+    assert charm_env.runner.started() == []  # nothing left to build or upload
 
 
 def test_scheduled_rebuild_with_unchanged_packages_is_not_uploaded_again(

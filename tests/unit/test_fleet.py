@@ -222,6 +222,25 @@ def test_unit_share_drops_releases_no_longer_configured_and_waits_without_plan()
     assert unit_share(None, f"{APP}/0", "x86_64", ["24.03-LTS-SP2"]) == []
 
 
+def test_the_leader_plans_the_share_and_the_others_follow_its_published_plan() -> None:
+    releases = ["22.03-LTS-SP4", "24.03-LTS-SP2", "24.03-LTS-SP4"]
+    reports = {name: UnitReport("x86_64", True) for name in units(3)}
+    leader = fleet.decide_share(releases, f"{APP}/0", "x86_64", reports, leader=True)
+    assert leader.plan == plan_assignments(releases, reports)
+    assert leader.units == 3
+    assert leader.releases == unit_share(leader.plan, f"{APP}/0", "x86_64", releases)
+    shares = [leader.releases]
+    for name in units(2, start=1):
+        follower = fleet.decide_share(
+            releases, name, "x86_64", reports, leader=False, published=leader.plan
+        )
+        assert follower.plan is None  # only the leader publishes a plan
+        shares.append(follower.releases)
+    assert sorted(release for share in shares for release in share) == sorted(releases)
+    waiting = fleet.decide_share(releases, f"{APP}/1", "x86_64", reports, leader=False)
+    assert waiting.releases == []  # no plan published yet: nothing to build
+
+
 def image(release: str, sha: str, built: str, uploaded: bool = False) -> PublishedImage:
     return PublishedImage(release, "x86_64", sha * 64, 100, built, uploaded)
 

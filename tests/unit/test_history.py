@@ -114,6 +114,31 @@ def test_keeps_only_the_last_n_records(tmp_path: Path, ops_layout) -> None:
     assert kept[0].started == (NOW + 4 * MINUTE).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def test_a_job_whose_record_was_dropped_is_never_recorded_again(tmp_path: Path) -> None:
+    # More job files than records: the oldest job's record is dropped, its state file stays.
+    history = History(tmp_path / "h.json", keep=2)
+    succeeded = make_job(SP4, result="succeeded", started=NOW - 60 * MINUTE)
+    failed = [
+        make_job(SP2, result="failed", error="x", started=NOW + index * MINUTE)
+        for index in range(2)
+    ]
+    assert len(history.record_jobs([succeeded, *failed])) == 3
+    history.save()
+    loaded = History.load(history.path, keep=2)
+    assert [r.job_id for r in loaded.records] == [failed[1].id, failed[0].id]
+    assert loaded.is_recorded(succeeded.id)
+    loaded.hold(QueuedBuild(SP4, "x86_64", "missing", "x"), "a later failure")
+    # Seen again at every hook: not a new record, so it lifts no hold, starts no upload.
+    assert loaded.record_jobs([succeeded, *failed]) == []
+    assert f"{SP4}/x86_64" in loaded.held
+    # Once its state file is gone (retention), its id is forgotten too.
+    loaded.record_jobs(failed)
+    assert not loaded.is_recorded(succeeded.id)
+    assert json.loads(history.path.read_text())["recorded_jobs"] == sorted(
+        job.id for job in [succeeded, *failed]
+    )
+
+
 def test_a_corrupt_history_is_moved_aside_not_fatal(tmp_path: Path) -> None:
     path = tmp_path / "history.json"
     path.write_text("{truncated")

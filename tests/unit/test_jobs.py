@@ -20,6 +20,7 @@ from fixtures.job_environment import environment_file_of, job_environment
 from openeuler_image_builder import catalogue, images, jobs, locks
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.settings import Settings
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 
@@ -417,6 +418,69 @@ def test_upload_job_needs_a_stored_image(layout: StateLayout, tmp_path: Path) ->
         jobs.start_upload_job(
             layout, RELEASE, "x86_64", launcher=launcher, settings_file=settings_file
         )
+
+
+def test_job_starter_gives_every_job_the_same_launcher_dispatch_settings_and_environment(
+    layout: StateLayout, tmp_path: Path
+) -> None:
+    systemd = FakeSystemd()
+    settings_file, rebuild_file = tmp_path / "settings.json", tmp_path / "rebuild.json"
+    for path in (settings_file, rebuild_file):
+        path.write_text(json.dumps({"maas_url": "http://maas:5240/MAAS"}))
+    layout.maas_api_key_file.write_text("a:b:c\n")
+    starter = jobs.JobStarter(
+        layout,
+        jobs.SystemdLauncher(runner=systemd),
+        dispatch=jobs.DispatchTarget("openeuler-image-builder/0", Path("/charm")),
+        settings_file=settings_file,
+        environment={"HTTP_PROXY": "http://proxy:3128"},
+    )
+    other = catalogue.resolve("22.03-LTS-SP4")
+    build = starter.build(RELEASE, "x86_64", upload=False, settings_file=rebuild_file)
+    write_image(layout, other.name, "x86_64", "20260101T000000Z")
+    upload = starter.upload(other, "x86_64", name="custom/oe")
+    for job, settings in ((build, rebuild_file), (upload, settings_file)):
+        assert job.dispatch_unit == "openeuler-image-builder/0"
+        run = next(c for c in systemd.calls if f"--unit={job.unit}" in c)
+        assert run[run.index("--settings") + 1] == str(settings)
+        assert job_environment(run)["HTTP_PROXY"] == "http://proxy:3128"
+    assert {job.id for job in starter.list_jobs()} == {build.id, upload.id}
+
+
+def test_cancel_running_stops_every_running_job(layout: StateLayout) -> None:
+    systemd = FakeSystemd()
+    launcher = jobs.SystemdLauncher(runner=systemd)
+    first = jobs.start_build_job(layout, RELEASE, "x86_64", upload=False, launcher=launcher)
+    second = jobs.start_build_job(
+        layout, catalogue.resolve("22.03"), "x86_64", upload=False, launcher=launcher
+    )
+    stopped = jobs.cancel_running(layout, launcher, timeout=1)
+    assert {job.id for job in stopped} == {first.id, second.id}
+    assert {job.result for job in jobs.list_jobs(layout, launchers={"systemd": launcher})} == {
+        "cancelled"
+    }
+    assert jobs.cancel_running(layout, launcher, timeout=1) == []
+
+
+def test_cancel_running_goes_on_when_a_job_cannot_be_stopped(
+    layout: StateLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    systemd = FakeSystemd()
+    launcher = jobs.SystemdLauncher(runner=systemd)
+    job = jobs.start_build_job(layout, RELEASE, "x86_64", upload=False, launcher=launcher)
+    systemd.broken = True  # systemctl fails: liveness unknown, stop refused
+    assert jobs.cancel_running(layout, launcher, timeout=1) == []
+    assert f"could not stop job {job.id}" in caplog.text
+
+
+def test_settings_file_round_trip_and_rewritten_only_on_change(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    settings = Settings(extra_packages=("tmux", "vim"), maas_url="http://maas:5240/MAAS")
+    assert jobs.write_settings_file(path, settings)
+    assert jobs.load_settings_file(path) == settings
+    assert not jobs.write_settings_file(path, settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert jobs.write_settings_file(path, Settings())
 
 
 def test_job_reporter_throttles_but_never_drops_a_phase_change(tmp_path: Path) -> None:

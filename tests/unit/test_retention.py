@@ -1,5 +1,5 @@
-"""Retention: newest keep-images per release x arch, ISOs of unconfigured releases, job records;
-never anything a build or upload is using.
+"""Retention: newest keep-images per release x arch, ISOs of unconfigured releases, old jobs'
+files; never anything a build or upload is using, nor a job the history has not recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder import images, jobs, locks, retention
+from openeuler_image_builder import history, images, jobs, locks, retention
 from openeuler_image_builder.paths import StateLayout
 
 R1, R2 = "24.03-LTS-SP3", "22.03-LTS-SP4"
@@ -157,36 +157,128 @@ def test_iso_of_a_release_being_built_is_kept(layout: StateLayout) -> None:
     assert sorted(retention.prune_iso_cache(layout, [])) == sorted(files)
 
 
-def test_old_job_records_and_their_logs_are_forgotten(layout: StateLayout) -> None:
-    for number in range(5):
-        job_id = f"build-{number}"
-        log = layout.logs / f"{job_id}.log"
-        log.write_text("log")
-        (layout.logs / f"{job_id}.packer.log").write_text("packer")
-        jobs.write_job_state(
-            jobs.job_state_path(layout, job_id),
-            jobs.JobState(
-                id=job_id,
-                kind="build",
-                release=R1,
-                arch="x86_64",
-                started=f"2026-01-0{number + 1}T00:00:00Z",
-                result="failed",
-                log_path=str(log),
-            ),
-        )
-    removed = retention.prune_job_records(layout, keep=3)
-    assert names(removed) == [
-        "jobs/build-0.json",
-        "jobs/build-1.json",
-        "logs/build-0.log",
-        "logs/build-0.packer.log",
-        "logs/build-1.log",
-        "logs/build-1.packer.log",
+def finished_job(
+    layout: StateLayout,
+    release: str,
+    day: int,
+    *,
+    arch: str = "x86_64",
+    kind: str = "build",
+    result: str = "succeeded",
+) -> str:
+    """A finished job's files as a job leaves them: state, .env, job/Packer/serial logs."""
+    job_id = f"{kind}-{release}-{arch}-202601{day:02d}T000000Z"
+    for suffix in (".log", ".packer.log", ".packer.log.ui", ".serial.log"):
+        (layout.logs / f"{job_id}{suffix}").write_text("log\n")
+    state = jobs.job_state_path(layout, job_id)
+    state.with_suffix(".env").write_text('PYTHONPATH="/x"\n')
+    jobs.write_job_state(
+        state,
+        jobs.JobState(
+            id=job_id,
+            kind=kind,  # type: ignore[arg-type]
+            release=release,
+            arch=arch,
+            started=f"2026-01-{day:02d}T00:00:00Z",
+            finished=f"2026-01-{day:02d}T01:00:00Z",
+            result=result,  # type: ignore[arg-type]
+            log_path=str(layout.logs / f"{job_id}.log"),
+        ),
+    )
+    return job_id
+
+
+def files_of(layout: StateLayout) -> set[str]:
+    return {p.name for p in layout.jobs.iterdir()} | {p.name for p in layout.logs.iterdir()}
+
+
+def test_old_jobs_lose_state_env_and_logs_keeping_the_newest_per_release_and_arch(
+    layout: StateLayout,
+) -> None:
+    old = [finished_job(layout, R1, day) for day in (1, 2, 3)]
+    newest = [finished_job(layout, R1, day, kind="upload") for day in (4, 5)]
+    other = [finished_job(layout, R2, 1), finished_job(layout, R1, 1, arch="aarch64")]
+    removed = retention.prune_jobs(layout, keep=2)
+    gone = {old[0], old[1], old[2]}
+    assert {p.name for p in removed} == {
+        f"{job_id}{suffix}"
+        for job_id in gone
+        for suffix in (".json", ".env", ".log", ".packer.log", ".packer.log.ui", ".serial.log")
+    }
+    assert [job.id for job in jobs.list_jobs(layout)] == [
+        newest[1],
+        newest[0],
+        *sorted(other, reverse=True),
     ]
-    assert [job.id for job in jobs.list_jobs(layout)] == ["build-4", "build-3", "build-2"]
+    assert not any(job_id in name for name in files_of(layout) for job_id in gone)
+    assert retention.prune_jobs(layout, keep=2) == []
+
+
+def test_running_jobs_and_jobs_not_recorded_yet_are_kept(layout: StateLayout) -> None:
+    first, second, third = (finished_job(layout, R1, day) for day in (1, 2, 3))
+    running = jobs.JobState(
+        id=f"build-{R1}-x86_64-20260104T000000Z",
+        kind="build",
+        release=R1,
+        arch="x86_64",
+        started="2026-01-04T00:00:00Z",
+        log_path=str(layout.logs / "running.log"),
+    )
+    listed = [running, *jobs.list_jobs(layout)]
+    removed = retention.prune_jobs(
+        layout, keep=1, recorded=lambda job_id: job_id != first, jobs_listed=listed
+    )
+    assert {p.name for p in removed if p.suffix == ".json"} == {f"{second}.json"}
+    assert {job.id for job in jobs.list_jobs(layout)} == {first, third}
+
+
+def test_the_history_file_tells_which_jobs_were_recorded(layout: StateLayout) -> None:
+    first, second, _ = (finished_job(layout, R1, day) for day in (1, 2, 3))
+    with history.History.locked(history.History.path_in(layout.root)) as records:
+        records.record_jobs([job for job in jobs.list_jobs(layout) if job.id != first])
+    removed = retention.prune_jobs(layout, keep=1)
+    assert {p.name for p in removed if p.suffix == ".json"} == {f"{second}.json"}
+
+
+def test_logs_of_foreground_builds_are_kept_per_release_and_arch(layout: StateLayout) -> None:
+    for day in range(1, 5):
+        for suffix in (".packer.log", ".packer.log.ui", ".serial.log"):
+            (layout.logs / f"build-{R1}-x86_64-202601{day:02d}T000000Z{suffix}").write_text("x")
+    (layout.logs / f"build-{R2}-x86_64-20260101T000000Z.packer.log").write_text("x")
+    (layout.logs / "notes.log").write_text("not ours")
+    removed = retention.prune_jobs(layout, keep=2)
+    assert sorted(p.name for p in removed) == [
+        f"build-{R1}-x86_64-202601{day:02d}T000000Z{suffix}"
+        for day in (1, 2)
+        for suffix in (".packer.log", ".packer.log.ui", ".serial.log")
+    ]
+    assert "notes.log" in files_of(layout)
+    with locks.build_lock(layout, R2, "x86_64"):  # a foreground build of R2 runs
+        (layout.logs / f"build-{R2}-x86_64-20260102T000000Z.packer.log").write_text("x")
+        (layout.logs / f"build-{R2}-x86_64-20260103T000000Z.packer.log").write_text("x")
+        removed = retention.prune_jobs(layout, keep=1)
+        assert [p.name for p in removed if R2 in p.name] == []
+    assert sorted(p.name for p in retention.prune_jobs(layout, keep=1)) == [
+        f"build-{R2}-x86_64-{stamp}.packer.log"
+        for stamp in ("20260101T000000Z", "20260102T000000Z")
+    ]
+
+
+def test_config_change_prunes_unconfigured_isos_only_when_releases_are_set(
+    layout: StateLayout,
+) -> None:
+    iso = layout.iso_cache / f"openEuler-{R2}-x86_64-dvd.iso"
+    iso.write_bytes(b"iso")
+    for stamp in ("20260101T000000Z", "20260201T000000Z"):
+        stored(layout, R1, "x86_64", stamp)
+    removed = retention.prune_after_config(layout, [], keep_images=1)
+    assert names(removed) == ["openeuler-24.03-LTS-SP3-x86_64/20260101T000000Z"]
+    assert iso.exists()  # no releases configured: the ISO may serve build-image
+    assert retention.prune_after_config(layout, [R1], keep_images=1) == [iso]
 
 
 def test_keep_must_be_positive(layout: StateLayout) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         retention.prune_images(layout, keep=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        retention.prune_jobs(layout, keep=0)

@@ -17,15 +17,20 @@ from openeuler_image_builder.fleet import PublishedImage, UnitReport, merge_inve
 from openeuler_image_builder.history import History
 from openeuler_image_builder.inventory import list_local_images
 from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.settings import KVM_UNAVAILABLE
 from openeuler_image_builder.status_text import (
     RESULT_KEY,
     UnitStatus,
+    active_message,
     build_started_result,
     build_status_result,
+    cancel_result,
+    charm_statuses,
     check_result_keys,
     failure_disables_unit,
     follow_job,
     job_line,
+    job_outcome,
     list_images_result,
     unit_status,
 )
@@ -438,3 +443,75 @@ def test_the_pipelines_own_tool_and_space_errors_block_the_unit(tmp_path: Path) 
     )
     for error in (missing_packer, no_space, f"install failed: {missing_packer}"):
         assert failure_disables_unit(error), error
+
+
+def test_charm_statuses_list_every_problem_and_the_work() -> None:
+    ready = UnitStatus("active", "ready: 24.03-LTS-SP4 in MAAS (2026-11-27)")
+    base = {
+        "install_error": "",
+        "tools_installed": True,
+        "kvm_usable": True,
+        "schedule_error": "",
+        "maas": [],
+        "work": ready,
+        "maas_text": "MAAS 10.0.0.2 holds 2 of our images",
+    }
+    assert charm_statuses(**base) == [  # type: ignore[arg-type]
+        UnitStatus(
+            "active",
+            "ready: 24.03-LTS-SP4 in MAAS (2026-11-27); MAAS 10.0.0.2 holds 2 of our images",
+        )
+    ]
+    waiting = UnitStatus("waiting", "MAAS unreachable at http://10.0.0.2:5240/MAAS (...)")
+    statuses = charm_statuses(  # type: ignore[arg-type]
+        **{
+            **base,
+            "install_error": "apt failed",
+            "kvm_usable": False,
+            "schedule_error": "rebuild-schedule not applied: bad",
+            "maas": [waiting],
+            "work": UnitStatus("maintenance", "building 24.03-LTS-SP4 (x86_64): starting, 0s"),
+        }
+    )
+    assert statuses == [
+        UnitStatus(
+            "blocked",
+            "installing the build tools failed: apt failed; retrying at each update-status",
+        ),
+        UnitStatus("blocked", KVM_UNAVAILABLE),
+        UnitStatus("blocked", "rebuild-schedule not applied: bad"),
+        waiting,
+        UnitStatus("maintenance", "building 24.03-LTS-SP4 (x86_64): starting, 0s"),
+    ]
+    not_installed = charm_statuses(**{**base, "tools_installed": False})  # type: ignore[arg-type]
+    assert not_installed[0] == UnitStatus("maintenance", "waiting to install the build tools")
+
+
+@pytest.mark.parametrize(
+    ("work", "expected"),
+    [
+        ("idle: no images; set releases or run build-image", "ready: no MAAS configured"),
+        (
+            "build of 24.03-LTS-SP4 (x86_64) failed: boom",
+            "build of 24.03-LTS-SP4 (x86_64) failed: boom",
+        ),
+        (
+            "ready: 24.03-LTS-SP4 (2026-11-27) built, not in MAAS",
+            "ready: 24.03-LTS-SP4 (2026-11-27) built, not in MAAS; no MAAS configured",
+        ),
+    ],
+)
+def test_active_message_adds_what_maas_holds(work: str, expected: str) -> None:
+    assert active_message(work, "no MAAS configured") == expected
+
+
+def test_job_outcome_and_cancel_result() -> None:
+    failed = make_job(SP2, result="failed", error="install failed: boom")
+    assert job_outcome(failed) == f"build of {SP2} (x86_64) failed: install failed: boom"
+    cancelled = make_job(SP2, kind="upload", result="cancelled")
+    assert job_outcome(cancelled) == f"upload of {SP2} (x86_64) cancelled"
+    assert cancel_result(cancelled) == {
+        "job-id": cancelled.id,
+        "result": "cancelled",
+        "message": f"upload of {SP2} (x86_64): cancelled",
+    }

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from openeuler_image_builder import __version__
+from openeuler_image_builder import __version__, catalogue
+from openeuler_image_builder.catalogue import Arch
 from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
 
 EXIT_OK = 0
@@ -32,6 +33,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         """Report a usage error in one line."""
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--release`` (required) and ``--arch`` (default: this machine's)."""
+    parser.add_argument("--release", required=True, help="release name or alias, e.g. 24.03")
+    parser.add_argument("--arch", default=None, help="x86_64 or aarch64 (default: this machine's)")
+
+
+def target_arch(args: argparse.Namespace) -> Arch:
+    """``--arch`` resolved, or this machine's architecture."""
+    return catalogue.resolve_arch(args.arch) if args.arch else catalogue.host_arch()
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import build, catalogue, images, jobs, maas, packer
-from openeuler_image_builder.cli import add_json_option, emit
+from openeuler_image_builder import build, catalogue, images, jobs, maas, packer, retention
+from openeuler_image_builder.cli import add_json_option, add_target_options, emit, target_arch
 from openeuler_image_builder.cli.jobs import execute_job, log_reporter
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import StateLayout
@@ -46,8 +46,7 @@ def register(subparsers: Any) -> None:
             "the newest keep-images images per release and arch are kept."
         ),
     )
-    parser.add_argument("--release", required=True, help="release name or alias, e.g. 24.03")
-    parser.add_argument("--arch", default=None, help="x86_64 or aarch64 (default: this machine's)")
+    add_target_options(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--mirror", default=None, metavar="URL", help="openEuler mirror to fetch the ISO from"
@@ -161,7 +160,7 @@ def build_request(
 ) -> build.BuildRequest:
     """The ``BuildRequest`` the options describe."""
     release = catalogue.resolve(args.release)
-    arch = catalogue.resolve_arch(args.arch) if args.arch else catalogue.host_arch()
+    arch = target_arch(args)
     if arch not in release.architectures:
         raise UsageError(
             f"openEuler {release.name} has no {arch} ISO: use --arch "
@@ -197,13 +196,11 @@ def maas_client(args: argparse.Namespace, settings: Settings) -> maas.MaasClient
     """
     if not args.upload:
         return None
-    url = args.maas_url or os.environ.get(maas.MAAS_URL_ENV, "").strip() or settings.maas_url
+    url, key = maas.connection_settings(
+        url=args.maas_url, key_file=args.api_key_file, default_url=settings.maas_url
+    )
     if not url:
         raise UsageError("--upload needs the MAAS URL: pass --maas-url or set MAAS_URL")
-    if args.api_key_file is not None:
-        key = maas.read_api_key_file(args.api_key_file)
-    else:
-        key = maas.api_key_from_environment()
     if not key:
         raise UsageError(
             f"--upload needs a MAAS API key: set {maas.API_KEY_ENV}, or give a file only you "
@@ -242,8 +239,17 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if client is not None:
             client.close()
+        _prune_jobs(layout)
     emit(args, result.to_json(), _summary(result))
     return 0
+
+
+def _prune_jobs(layout: StateLayout) -> None:
+    # Each build leaves megabytes of logs under <state>/logs; keep the newest few.
+    try:
+        retention.prune_jobs(layout)
+    except Exception as error:  # housekeeping must not fail the build
+        logger.warning("removing old build logs failed: %s", error)
 
 
 def _run_job(args: argparse.Namespace, layout: StateLayout) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder import catalogue, iso
-from openeuler_image_builder.cli import add_json_option, emit
+from openeuler_image_builder.cli import add_json_option, add_target_options, emit, target_arch
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.progress import TerminalBar
@@ -26,8 +26,7 @@ def register(subparsers: Any) -> None:
             "With --iso, check a local ISO instead (against --sha256, or the mirror's checksum)."
         ),
     )
-    parser.add_argument("--release", required=True, help="release name or alias, e.g. 24.03")
-    parser.add_argument("--arch", default=None, help="x86_64 or aarch64 (default: this machine's)")
+    add_target_options(parser)
     parser.add_argument(
         "--mirror",
         default=None,
@@ -74,7 +73,7 @@ def mirror_url(value: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     """Fetch or verify the ISO and print where it is."""
     release = catalogue.resolve(args.release)
-    arch = catalogue.resolve_arch(args.arch) if args.arch else catalogue.host_arch()
+    arch = target_arch(args)
     if args.sha256 is not None and args.iso is None:
         raise UsageError("--sha256 applies to a local ISO: give it together with --iso PATH")
     mirror = mirror_url(args.mirror)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
 import signal
 import sys
 import time
@@ -208,10 +207,9 @@ def run_upload_job(args: argparse.Namespace) -> int:
         tarball = Path(state.image)
         if not tarball.is_file():
             raise UsageError(f"the image {tarball} is gone: build it again")
-        url = os.environ.get(maas.MAAS_URL_ENV, "").strip() or settings.maas_url
+        url, key = maas.connection_settings(default_url=settings.maas_url)
         if not url:
             raise UsageError("upload needs the MAAS URL: set maas-url")
-        key = maas.api_key_from_environment()
         if not key:
             raise UsageError(f"upload needs the MAAS API key file ({maas.API_KEY_FILE_ENV})")
         started = time.monotonic()
@@ -232,17 +230,7 @@ def run_upload_job(args: argparse.Namespace) -> int:
                 progress=reporter,
             )
             if images.is_in_store(StateLayout(), tarball.parent):
-                images.record_upload(
-                    tarball.parent,
-                    {
-                        "name": result.name,
-                        "architecture": result.architecture,
-                        "sha256": result.sha256,
-                        "status": result.status,
-                        "maas_url": client.url,
-                        "uploaded_at": jobs.iso_time(),
-                    },
-                )
+                images.record_upload(tarball.parent, result.store_record(client.url))
         sys.stdout.write(result.message + "\n")
         return {
             "uploaded": True,

@@ -8,7 +8,6 @@ owner only. ``--api-key`` works but puts the key in the process list: prefer the
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +53,13 @@ def client_from_args(args: argparse.Namespace) -> maas.MaasClient:
     Raises:
         UsageError: no URL or no key, an unsafe key file, an unreadable CA certificate.
     """
-    url = args.maas_url or os.environ.get(maas.MAAS_URL_ENV, "").strip()
+    url, key = maas.connection_settings(
+        url=args.maas_url, key=args.api_key, key_file=args.api_key_file
+    )
     if not url:
         raise UsageError(
             f"no MAAS URL: pass --maas-url http://HOST:5240/MAAS or set {maas.MAAS_URL_ENV}"
         )
-    if args.api_key:
-        key: str | None = args.api_key
-    elif args.api_key_file:
-        key = maas.read_api_key_file(args.api_key_file)
-    else:
-        key = maas.api_key_from_environment()
     if not key:
         raise UsageError(
             f"no MAAS API key: set {maas.API_KEY_FILE_ENV} to a file (mode 0600) holding it, "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder import cancellation, catalogue, pack
-from openeuler_image_builder.cli import add_json_option, emit
+from openeuler_image_builder.cli import add_json_option, emit, target_arch
 from openeuler_image_builder.errors import Cancelled, UsageError
 from openeuler_image_builder.progress import TerminalBar
 
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Pack the image and print where the tarball and manifest are."""
-    arch = catalogue.resolve_arch(args.arch) if args.arch else catalogue.host_arch()
+    arch = target_arch(args)
     extra: dict[str, object] = {}
     if args.release:
         extra["release"] = catalogue.resolve(args.release).name

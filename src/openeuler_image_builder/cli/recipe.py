@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder import catalogue, install, render, verify
-from openeuler_image_builder.cli import EXIT_FAILED, EXIT_OK, add_json_option, emit
+from openeuler_image_builder.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_json_option,
+    add_target_options,
+    emit,
+    target_arch,
+)
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.packer import detect_packer_version
 from openeuler_image_builder.settings import Settings
@@ -29,8 +36,7 @@ def register(subparsers: Any) -> None:
             "the installed Packer's version, the installed UEFI firmware."
         ),
     )
-    parser.add_argument("--release", required=True, help="release name or alias, e.g. 24.03")
-    parser.add_argument("--arch", default=None, help="x86_64 or aarch64 (default: this machine's)")
+    add_target_options(parser)
     parser.add_argument(
         "--output", required=True, type=Path, metavar="DIR", help="directory to render into"
     )
@@ -161,7 +167,7 @@ def default_packer_version() -> str | None:
 def run_render(args: argparse.Namespace) -> int:
     """Render the recipe and say where it is."""
     release = catalogue.resolve(args.release)
-    arch = catalogue.resolve_arch(args.arch) if args.arch else catalogue.host_arch()
+    arch = target_arch(args)
     if args.sha256 is not None and args.iso is None:
         raise UsageError("--sha256 applies to a local ISO: give it together with --iso PATH")
     recipe = render.render_recipe(
