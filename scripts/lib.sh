@@ -3,6 +3,20 @@
 
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
+# run_as_root NAME WHY SCRIPT ARG...: return when root; otherwise re-run SCRIPT with its arguments
+# through sudo (keeping the proxy variables), or exit 2 saying how to run it when sudo is missing.
+run_as_root() {
+    local name=$1 why=$2 script=$3
+    shift 3
+    if [ "$(id -u)" -eq 0 ]; then return; fi
+    if command -v sudo >/dev/null 2>&1; then
+        exec sudo --preserve-env=http_proxy,https_proxy,no_proxy,HTTP_PROXY,HTTPS_PROXY,NO_PROXY \
+            "$script" "$@"
+    fi
+    echo "$name: needs root ($why) and sudo is not installed: run it as root" >&2
+    exit 2
+}
+
 # apt_install_lists FILE...: install the Debian/Ubuntu packages named in the files (comments and
 # blank lines ignored), only those not installed yet.
 apt_install_lists() {
