@@ -93,11 +93,9 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         self.layout = StateLayout()
         self.launcher = make_launcher()
         self.maas_region = MaasControllerRequirer(self, MAAS_RELATION)
-        self._settings_cache: Settings | None = None
-        self._config_error: str | None = None
+        # Per dispatch: MAAS access reads the secret, the share reads the peers' databags.
         self._maas_cache: charm_state.MaasState | None = None
         self._share_cache: fleet.Share | None = None
-        self._kvm_cache: bool | None = None
 
         on = self.on
         framework.observe(on.collect_unit_status, self._on_collect_status)
@@ -127,13 +125,13 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         self._reconcile(install_mode="always", check_maas=True, apply_schedule=True)
 
     def _on_config_changed(self, event: ops.ConfigChangedEvent) -> None:
-        self._reconcile(install_mode="if-needed", check_maas=True, apply_schedule=True)
         settings = self._settings()
-        if settings is not None:
+        if settings is not None:  # prune first: the inventory published below is what stays
             launchers = {self.launcher.name: self.launcher}
             retention.prune_after_config(
                 self.layout, settings.releases, settings.keep_images, launchers=launchers
             )
+        self._reconcile(install_mode="if-needed", check_maas=True, apply_schedule=True)
 
     def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
         # Only what failed is retried here: install, and a MAAS that did not answer.
@@ -151,8 +149,10 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         if settings is None:
             logger.warning("rebuild timer fired but the config is invalid: nothing queued")
             return
+        share = self._share(settings).releases
         with history.History.locked(self._history_path) as records:
-            queue = records.request_rebuild(self._share(settings).releases, catalogue.host_arch())
+            queue = records.request_rebuild(share, catalogue.host_arch())
+        self._reread()
         logger.info("rebuild timer: queued %s", ", ".join(q.release for q in queue) or "nothing")
         self._reconcile(install_mode="never", check_maas=False)
 
@@ -192,6 +192,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
             can_build=self._can_build(settings),
             maas_usable=self._maas(settings).usable,
         )
+        self._reread()
         self._publish(settings)  # the inventory as the finished jobs left it
         if done.maas_changed:
             self._maas(settings).update(recount=True)
@@ -209,13 +210,16 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         jobs.write_settings_file(self.layout.job_settings, job_settings)
         return job_settings
 
+    @functools.cached_property
+    def _config(self) -> Settings | str:
+        """The typed config, or what is wrong with it (loaded once per dispatch)."""
+        try:
+            return self.load_config(Settings)
+        except pydantic.ValidationError as error:
+            return describe_validation_error(error) or "invalid config"
+
     def _settings(self) -> Settings | None:
-        if self._settings_cache is None and self._config_error is None:
-            try:
-                self._settings_cache = self.load_config(Settings)
-            except pydantic.ValidationError as error:
-                self._config_error = describe_validation_error(error)
-        return self._settings_cache
+        return self._config if isinstance(self._config, Settings) else None
 
     @property
     def _history_path(self) -> Path:
@@ -250,7 +254,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
                 endpoint=self.maas_region.endpoint,
                 relation_problem=self.maas_region.problem,
             )
-            self._maas_cache = charm_state.MaasState(access, settings, self._stored, self.app.name)
+            self._maas_cache = charm_state.MaasState(access, settings, self._stored)
         return self._maas_cache
 
     # --- helpers -----------------------------------------------------------------------------
@@ -269,16 +273,16 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         self._stored.schedule_error = ""
         logger.info(change.describe())
 
+    @functools.cached_property
+    def _kvm(self) -> bool:
+        kvm = install.check_kvm()
+        if not kvm.usable:
+            logger.info("KVM unusable: %s", kvm.reason)
+        return kvm.usable
+
     def _kvm_usable(self, settings: Settings) -> bool:
         """KVM is usable, or not needed (``accelerator=tcg``); checked once per hook."""
-        if settings.accelerator == "tcg":
-            return True
-        if self._kvm_cache is None:
-            kvm = install.check_kvm()
-            if not kvm.usable:
-                logger.info("KVM unusable: %s", kvm.reason)
-            self._kvm_cache = kvm.usable
-        return self._kvm_cache
+        return settings.accelerator == "tcg" or self._kvm
 
     def _can_build(self, settings: Settings) -> bool:
         if self._stored.install_error or not self._stored.packer_version:
@@ -298,18 +302,31 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
             },
         )
 
+    # The unit's history, images and jobs, read once per dispatch; ``_reread`` after the charm
+    # changed them (collect-status runs last and must see the changes).
+
+    @functools.cached_property
+    def _records(self) -> history.History:
+        return history.History.load(self._history_path)
+
+    @functools.cached_property
+    def _images(self) -> list[inventory.LocalImage]:
+        return inventory.list_local_images(
+            self.layout, uploaded_sha256s=self._records.uploaded_sha256s()
+        )
+
+    @functools.cached_property
     def _jobs(self) -> list[jobs.JobState]:
         return self._starter.list_jobs()
 
-    def _local_images(self, records: history.History) -> list[inventory.LocalImage]:
-        return inventory.list_local_images(
-            self.layout, uploaded_sha256s=records.uploaded_sha256s()
-        )
+    def _reread(self) -> None:
+        for name in ("_records", "_images", "_jobs"):
+            self.__dict__.pop(name, None)
 
     def _own_report(self, settings: Settings) -> fleet.UnitReport:
-        records = history.History.load(self._history_path)
-        local = self._local_images(records)
-        return fleet.UnitReport.from_local(catalogue.host_arch(), self._can_build(settings), local)
+        return fleet.UnitReport.from_local(
+            catalogue.host_arch(), self._can_build(settings), self._images
+        )
 
     def _share(self, settings: Settings) -> fleet.Share:
         """This unit's releases and how many units share the work (from the peer relation)."""
@@ -338,7 +355,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
         settings = self._settings()
         if settings is None:
-            event.add_status(ops.BlockedStatus(self._config_error or "invalid config"))
+            event.add_status(ops.BlockedStatus(str(self._config)))
             return
         maas_state = self._maas(settings)
         for status in status_text.charm_statuses(
@@ -354,13 +371,12 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
 
     def _work_status(self, settings: Settings) -> status_text.UnitStatus:
         share = self._share(settings)
-        records = history.History.load(self._history_path)
         return status_text.unit_status(
             unit_name=self.unit.name,
             arch=catalogue.host_arch(),
-            jobs=self._jobs(),
-            images=self._local_images(records),
-            history=records,
+            jobs=self._jobs,
+            images=self._images,
+            history=self._records,
             share=share.releases,
             units=share.units,
             configured=settings.releases,
@@ -371,8 +387,19 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
     def _action_settings(self, event: ops.ActionEvent) -> Settings | None:
         settings = self._settings()
         if settings is None:
-            event.fail(f"the charm config is invalid: {self._config_error}")
+            event.fail(f"the charm config is invalid: {self._config}")
         return settings
+
+    def _maas_for(
+        self, event: ops.ActionEvent, settings: Settings, need: str
+    ) -> charm_state.MaasState | None:
+        """MAAS for an action that needs it; without it the action fails with what is missing."""
+        maas_state = self._maas(settings)
+        missing = maas_state.missing()
+        if missing:
+            event.fail(f"{need} needs MAAS: {missing}")
+            return None
+        return maas_state
 
     def _start_job(
         self, event: ops.ActionEvent, start: Callable[[], jobs.JobState]
@@ -419,6 +446,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
             return
         with history.History.locked(self._history_path) as records:
             records.release_hold(release.name, arch)
+        self._reread()
         results = status_text.build_started_result(
             job, unit_name=self.unit.name, upload_note=choice.note, wait=params.wait
         )
@@ -444,8 +472,8 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         settings = self._settings()
         event.set_results(
             status_text.build_status_result(
-                self._jobs(),
-                history=history.History.load(self._history_path),
+                self._jobs,
+                history=self._records,
                 release=target.name if target else None,
                 log_tail=lambda job: jobs.log_tail(job, 10),
                 status=self._work_status(settings) if settings is not None else None,
@@ -456,11 +484,13 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         params = event.load_params(action_params.CancelBuildParams, errors="fail")
         release, arch = params.target, catalogue.host_arch()
         try:
-            running = action_params.running_job_for(self._jobs(), release.name, arch)
+            running = action_params.running_job_for(self._jobs, release.name, arch)
             final = jobs.cancel_job(self.layout, running, self.launcher)
         except (UsageError, StepFailed) as error:
             event.fail(str(error))
             return
+        finally:
+            self._reread()
         event.set_results(status_text.cancel_result(final))
 
     def _on_upload_image(self, event: ops.ActionEvent) -> None:
@@ -468,10 +498,8 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         settings = self._action_settings(event)
         if settings is None:
             return
-        maas_state = self._maas(settings)
-        missing = maas_state.missing()
-        if missing:
-            event.fail(f"upload needs MAAS: {missing}")
+        maas_state = self._maas_for(event, settings, "upload")
+        if maas_state is None:
             return
         release, arch = params.target, catalogue.host_arch()
         self._job_settings(settings)
@@ -482,6 +510,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
             ),
         )
         if job is not None:
+            self._reread()
             note = f"to MAAS at {maas_state.access.host}"
             event.set_results(
                 status_text.build_started_result(job, unit_name=self.unit.name, upload_note=note)
@@ -492,14 +521,13 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         settings = self._action_settings(event)
         if settings is None:
             return
-        local = self._local_images(history.History.load(self._history_path))
-        relation = self.model.get_relation(PEER_RELATION)
-        own = fleet.UnitReport.from_local(catalogue.host_arch(), self._can_build(settings), local)
-        reports, _ = charm_state.read_peer_reports(relation, self.unit.name, own)
+        reports, _ = charm_state.read_peer_reports(
+            self.model.get_relation(PEER_RELATION), self.unit.name, self._own_report(settings)
+        )
         rows, maas_error = self._maas(settings).list_images()
         event.set_results(
             status_text.list_images_result(
-                local=local,
+                local=self._images,
                 fleet=fleet.merge_inventories(reports),
                 maas=rows,
                 maas_error=maas_error,
@@ -512,24 +540,26 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
         if settings is None:
             return
         release, arch = params.target, catalogue.host_arch()
-        maas_state = self._maas(settings)
-        missing = maas_state.missing() if params.from_maas else None
-        if missing:
-            event.fail(f"from-maas=true needs MAAS: {missing}")
-            return
+        maas_state = None
+        if params.from_maas:
+            maas_state = self._maas_for(event, settings, "from-maas=true")
+            if maas_state is None:
+                return
         try:
             results = work.delete_images(
                 self.layout,
                 release,
                 arch,
-                running=self._jobs(),
-                maas_client=maas_state.client if params.from_maas else None,
+                running=self._jobs,
+                maas_client=maas_state.client if maas_state is not None else None,
                 scheme=settings.maas_name_scheme,
             )
-        except UsageError as error:
+        except UsageError as error:  # local images may be gone even so
             event.fail(str(error))
             return
-        if params.from_maas:
+        finally:
+            self._reread()
+        if maas_state is not None:
             maas_state.update(recount=True)
         self._publish(settings)  # the peers see the inventory change
         event.set_results(results)

@@ -290,11 +290,10 @@ class MaasState:
     (``MaasCheck.to_dict``), which counts only while URL, key and CA are the ones it checked.
     """
 
-    def __init__(self, access: MaasAccess, settings: Settings, stored: Any, app_name: str):
+    def __init__(self, access: MaasAccess, settings: Settings, stored: Any):
         self.access = access
         self.settings = settings
         self.stored = stored
-        self.app_name = app_name
 
     @property
     def check(self) -> MaasCheck | None:
@@ -325,9 +324,7 @@ class MaasState:
             return
         current = self.check
         if check_due(current, force=force or (recount and current is None), retry=retry):
-            self.stored.maas_check = check_maas(
-                self.access, self.settings, self.app_name
-            ).to_dict()
+            self.stored.maas_check = check_maas(self.access, self.settings).to_dict()
         elif recount and current is not None and current.ok:
             try:
                 with self.client() as client:
@@ -390,7 +387,7 @@ def count_our_images(client: maas.MaasClient) -> int:
     return len(maas.list_images(client))
 
 
-def check_maas(access: MaasAccess, settings: Settings, app_name: str) -> MaasCheck:
+def check_maas(access: MaasAccess, settings: Settings) -> MaasCheck:
     """Check the key once (``maas.check_credentials``) and count our images in MAAS."""
     fingerprint = access.fingerprint(settings.maas_ca_certificate)
     host = access.host
@@ -400,44 +397,30 @@ def check_maas(access: MaasAccess, settings: Settings, app_name: str) -> MaasChe
         f"'maas apikey --username <admin>') and run 'juju update-secret {secret} "
         f"{API_KEY_FIELD}=<key>'"
     )
+
+    def failed(kind: CheckKind, message: str) -> MaasCheck:
+        return MaasCheck(fingerprint, kind, message, host, checked_at=_now())
+
     try:
         with access.client(settings) as client:
             found = maas.check_credentials(client, step="maas-check")
             images = count_our_images(client)
     except maas.MaasKeyRejected:
-        return MaasCheck(
-            fingerprint,
-            "rejected",
-            f"MAAS at {host} rejected the API key in {secret}: {fix}",
-            host,
-            checked_at=_now(),
-        )
+        return failed("rejected", f"MAAS at {host} rejected the API key in {secret}: {fix}")
     except maas.MaasNotAdmin:
-        return MaasCheck(
-            fingerprint,
+        return failed(
             "not-admin",
             f"the API key in {secret} is not a MAAS admin's, MAAS at {host} refuses uploads: "
             f"{fix}",
-            host,
-            checked_at=_now(),
         )
     except maas.MaasUnreachable as error:
-        return MaasCheck(
-            fingerprint,
+        return failed(
             "unreachable",
             f"MAAS unreachable at {access.url} ({error.why}): check maas-url or the "
             f"maas-region relation; checking again at the next update-status",
-            host,
-            checked_at=_now(),
         )
     except (StepFailed, UsageError) as error:
-        return MaasCheck(
-            fingerprint,
-            "error",
-            f"MAAS at {host} answered an error: {error}",
-            host,
-            checked_at=_now(),
-        )
+        return failed("error", f"MAAS at {host} answered an error: {error}")
     logger.info(
         "MAAS %s %s: key of user %s accepted (admin); %d of our images",
         host,

@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from openeuler_image_builder import (
     cancellation,
     files,
     images,
+    install,
     iso,
     locks,
     maas,
@@ -38,7 +38,7 @@ from openeuler_image_builder import (
     render,
     retention,
 )
-from openeuler_image_builder.catalogue import Arch, Release
+from openeuler_image_builder.catalogue import Arch, NameScheme, Release
 from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.progress import Reporter, null_reporter
@@ -55,9 +55,6 @@ ISO_SIZE_ESTIMATE = 4.5 * GIB
 TARBALL_FRACTION = 0.5
 SPACE_MARGIN_FRACTION = 0.10
 SPACE_MARGIN_BYTES = 512 * MIB
-QEMU_SYSTEM: dict[str, str] = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
-# QEMU user networking reaches the host at this address (packer-and-images.md 6.2).
-QEMU_HOST_ADDRESS = "10.0.2.2"
 
 # ---------------------------------------------------------------------------------------------
 # Request and result
@@ -152,29 +149,13 @@ def _human_bytes(size: float) -> str:
 def installer_proxy(environ: Mapping[str, str] | None = None) -> str | None:
     """The HTTP proxy the installer should use, from the environment (Juju's model proxy first).
 
-    A proxy on the host's loopback address is rewritten to the address at which the install
-    VM reaches the host through QEMU user networking.
+    The same proxy the host's downloads use (``install.proxy_environment``); one on the host's
+    loopback address is rewritten to where the install VM reaches the host (``guest_url``).
     """
-    env = os.environ if environ is None else environ
-    for name in ("JUJU_CHARM_HTTP_PROXY", "http_proxy", "HTTP_PROXY"):
-        value = env.get(name, "").strip()
-        if value:
-            break
-    else:
+    value = install.proxy_environment(environ).get("http_proxy", "").strip()
+    if not value:
         return None
-    parsed = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
-    if parsed.hostname in ("localhost", "127.0.0.1", "::1"):
-        netloc = QEMU_HOST_ADDRESS + (f":{parsed.port}" if parsed.port else "")
-        if parsed.username:
-            credentials = parsed.username + (f":{parsed.password}" if parsed.password else "")
-            netloc = f"{credentials}@{netloc}"
-        parsed = parsed._replace(netloc=netloc)
-    return urllib.parse.urlunsplit(parsed)
-
-
-def kvm_usable(device: str = "/dev/kvm") -> bool:
-    """Whether ``/dev/kvm`` exists and this user may open it read-write."""
-    return os.path.exists(device) and os.access(device, os.R_OK | os.W_OK)
+    return render.guest_url(value if "://" in value else f"http://{value}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,19 +264,63 @@ def _remove_stale_work_dirs(layout: StateLayout, release: Release, arch: Arch) -
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _maas_client(request: BuildRequest) -> maas.MaasClient:
-    settings = request.settings
-    url, key = maas.connection_settings(default_url=settings.maas_url)
-    if not url:
+def connect_maas(
+    settings: Settings, *, url: str | None = None, key_file: Path | None = None
+) -> maas.MaasClient:
+    """The MAAS client for ``--upload``: ``url``/``key_file``, else the environment, else settings.
+
+    Raises:
+        UsageError: no MAAS URL or no API key (or an unsafe key file).
+    """
+    found_url, key = maas.connection_settings(
+        url=url, key_file=key_file, default_url=settings.maas_url
+    )
+    if not found_url:
         raise UsageError(
-            "--upload needs the MAAS URL: pass --maas-url, set MAAS_URL, or set maas-url"
+            f"--upload needs the MAAS URL: pass --maas-url, set {maas.MAAS_URL_ENV}, or set "
+            "maas-url"
         )
     if not key:
         raise UsageError(
-            f"--upload needs a MAAS API key: set {maas.API_KEY_ENV} or {maas.API_KEY_FILE_ENV} "
-            f"(a file only you can read)"
+            f"--upload needs a MAAS API key: set {maas.API_KEY_ENV}, or give a file only you "
+            f"can read with --api-key-file or {maas.API_KEY_FILE_ENV}"
         )
-    return maas.MaasClient(url, key, ca_certificate=settings.maas_ca_certificate or None)
+    return maas.MaasClient(found_url, key, ca_certificate=settings.maas_ca_certificate or None)
+
+
+def upload_to_maas(
+    client: maas.MaasClient,
+    tarball: Path,
+    *,
+    layout: StateLayout,
+    release: Release,
+    arch: Arch,
+    scheme: NameScheme,
+    progress: Reporter = null_reporter,
+    name: str | None = None,
+    title: str | None = None,
+) -> maas.UploadResult:
+    """Upload a finished image; one in the image store is held meanwhile and records the upload.
+
+    Raises:
+        StepFailed: ("upload") MAAS refused or failed the upload.
+    """
+    directory = tarball.parent
+    in_store = images.is_in_store(layout, directory)
+    with images.hold_image(directory) if in_store else contextlib.nullcontext():
+        result = maas.upload_image(
+            client,
+            tarball,
+            release=release,
+            arch=arch,
+            scheme=scheme,
+            name=name,
+            title=title,
+            progress=progress,
+        )
+        if in_store:
+            images.record_upload(directory, result.store_record(client.url))
+    return result
 
 
 def _get_iso(request: BuildRequest, layout: StateLayout, progress: Reporter) -> iso.IsoInfo:
@@ -385,10 +410,10 @@ def build_image(
                 _remove_stale_work_dirs(layout, release, arch)
                 client = None
                 if request.upload:
-                    client = maas_client or stack.enter_context(_maas_client(request))
+                    client = maas_client or stack.enter_context(connect_maas(settings))
                     # Fail now, not after an hour of installing, if MAAS or the key is wrong.
                     maas.check_credentials(client, step="upload")
-                qemu = QEMU_SYSTEM[arch]
+                qemu = render.QEMU_BINARY[arch]
                 if shutil.which(qemu) is None:
                     raise UsageError(
                         f"{qemu} not found: install the QEMU system emulator "
@@ -461,10 +486,6 @@ def build_image(
                     "packer": packer_version,
                     "qemu": packer.tool_version([qemu, "--version"], packer.QEMU_VERSION, 30),
                 }
-                image_settings = {
-                    "include_updates": settings.include_updates,
-                    "extra_packages": sorted(settings.extra_packages),
-                }
                 with clock.step("pack"):
                     pack.pack_disk_image(
                         recipe.disk_image,
@@ -476,7 +497,7 @@ def build_image(
                             "build_duration": clock.total(),
                             "tools": tools_versions,
                             "template_hash": recipe.template_hash,
-                            "settings": image_settings,
+                            "settings": images.image_settings(settings),
                         },
                         progress=progress,
                     )
@@ -491,16 +512,15 @@ def build_image(
                 upload_result = None
                 if client is not None:
                     with clock.step("upload"):
-                        upload_result = maas.upload_image(
+                        upload_result = upload_to_maas(
                             client,
                             tarball,
+                            layout=layout,
                             release=release,
                             arch=arch,
                             scheme=settings.maas_name_scheme,
                             progress=progress,
                         )
-                    if in_store:
-                        images.record_upload(output_dir, upload_result.store_record(client.url))
                 result = BuildResult(
                     image=tarball,
                     manifest_path=manifest_path,

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
+from openeuler_image_builder._detach import proc_stat
 from openeuler_image_builder.errors import StepFailed, UsageError
 
 logger = logging.getLogger(__name__)
@@ -160,11 +161,6 @@ def detect_format(path: Path) -> ImageFormat:
     return "raw"
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    return data
-
-
 def _guid(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw))
 
@@ -184,7 +180,7 @@ def read_partition_table(path: Path) -> PartitionTable:
         image_size = os.fstat(fd).st_size
         if image_size == 0:
             image_size = _block_device_size(fd)
-        mbr = _pread(fd, 512, 0)
+        mbr = os.pread(fd, 512, 0)
         has_signature = len(mbr) == 512 and mbr[510:512] == b"\x55\xaa"
         entries = [mbr[446 + 16 * i : 462 + 16 * i] for i in range(4)] if has_signature else []
         if any(entry[4] == MBR_GPT_PROTECTIVE for entry in entries):
@@ -222,20 +218,20 @@ def _looks_like_mbr(entries: list[bytes]) -> bool:
 def _read_gpt(fd: int, sector_size: int, image_size: int) -> PartitionTable | None:
     last_lba = image_size // sector_size - 1
     for header_lba in (1, last_lba):
-        header = _pread(fd, 92, header_lba * sector_size)
+        header = os.pread(fd, 92, header_lba * sector_size)
         if len(header) < 92 or header[:8] != b"EFI PART":
             continue
         header_size = struct.unpack_from("<I", header, 12)[0]
         if not 92 <= header_size <= sector_size:
             continue
-        full = _pread(fd, header_size, header_lba * sector_size)
+        full = os.pread(fd, header_size, header_lba * sector_size)
         stored_crc = struct.unpack_from("<I", full, 16)[0]
         if zlib.crc32(full[:16] + b"\0\0\0\0" + full[20:]) & 0xFFFFFFFF != stored_crc:
             continue
         entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", full, 72)
         if entry_size < 128 or count > 4096:
             continue
-        table = _pread(fd, count * entry_size, entries_lba * sector_size)
+        table = os.pread(fd, count * entry_size, entries_lba * sector_size)
         if zlib.crc32(table) & 0xFFFFFFFF != entries_crc:
             continue
         partitions = []
@@ -283,7 +279,7 @@ def _read_logical(fd: int, extended_start: int, image_size: int) -> list[Partiti
         seen.add(ebr_lba)
         if ebr_lba * 512 >= image_size:
             break
-        ebr = _pread(fd, 512, ebr_lba * 512)
+        ebr = os.pread(fd, 512, ebr_lba * 512)
         if len(ebr) < 512 or ebr[510:512] != b"\x55\xaa":
             break
         first, second = ebr[446:462], ebr[462:478]
@@ -330,7 +326,7 @@ def probe_filesystem(path: Path, partition: Partition) -> str | None:
         def at(offset: int, size: int) -> bytes:
             if offset + size > partition.size:
                 return b""
-            return _pread(fd, size, partition.start + offset)
+            return os.pread(fd, size, partition.start + offset)
 
         if at(1024 + 56, 2) == b"\x53\xef":
             return "ext4"
@@ -491,11 +487,8 @@ def _processes_using(directory: Path) -> list[int]:
 
 
 def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rsplit(")", 1)[-1].split()[0] != "Z"
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def _terminate(pid: int, timeout: float = 10) -> None:
@@ -647,7 +640,7 @@ class DiskSession:
             raise StepFailed(
                 STEP,
                 f"cannot mount partition {partition.number} ({fstype}) of {self.image}: "
-                f"{_one_line(result.stderr) or f'mount exited with {result.returncode}'}",
+                f"{one_line(result.stderr) or f'mount exited with {result.returncode}'}",
             )
 
     def _mount_fuse(self, partition: Partition, fstype: str, mountpoint: Path) -> None:
@@ -754,7 +747,7 @@ def _unmount(mountpoint: Path) -> None:
         result = run_command(command)
         if result.returncode == 0 or not is_mounted(mountpoint):
             return
-        logger.warning("%s: %s", " ".join(command), _one_line(result.stderr))
+        logger.warning("%s: %s", " ".join(command), one_line(result.stderr))
     raise OSError(errno.EBUSY, f"cannot unmount {mountpoint}")
 
 
@@ -767,7 +760,7 @@ def _fusermount(mountpoint: Path, lazy: bool) -> bool:
         result = run_command(command)
         if result.returncode == 0:
             return True
-        logger.debug("%s: %s", " ".join(command), _one_line(result.stderr))
+        logger.debug("%s: %s", " ".join(command), one_line(result.stderr))
     if os.geteuid() == 0:
         command = ["umount", *(["--lazy"] if lazy else []), str(mountpoint)]
         result = run_command(command)
@@ -811,14 +804,15 @@ def _qemu_escape(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """The last non-blank line of a tool's output, stripped (``""`` when none)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
 def _last_line(path: Path) -> str:
     try:
-        return _one_line(path.read_text(errors="replace")) or "it exited without a message"
+        return one_line(path.read_text(errors="replace")) or "it exited without a message"
     except OSError:
         return "it exited without a message"
 
@@ -827,7 +821,7 @@ def tool_version(command: list[str]) -> str:
     """First version-looking word of a tool's ``--version`` output (``""`` if unknown)."""
     try:
         result = run_command(command)
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return ""
     for word in (result.stdout + " " + result.stderr).split():
         stripped = word.strip("(),;:")

@@ -39,13 +39,18 @@ def atomic_writer(path: Path, *, mode: int = PUBLIC) -> Iterator[IO[bytes]]:
 
 
 @contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
+def staged_file(
+    path: Path, *, prefix: str | None = None, suffix: str = ".tmp"
+) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file beside ``path``, as ``(stream, temporary path)``, renamed by the caller.
 
     For a caller that renames it itself (e.g. two files renamed one after the other once both
-    are complete): write, call :func:`finish`, rename. Removed on exit unless renamed.
+    are complete): write, call :func:`finish`, rename. Removed on exit unless renamed. Named
+    ``<prefix><random><suffix>``; ``prefix`` defaults to ``.<name of path>.``.
     """
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if prefix is None:
+        prefix = f".{path.name}."
+    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     temporary = Path(name)
     try:
         with os.fdopen(descriptor, "wb") as stream:

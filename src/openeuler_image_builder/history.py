@@ -416,7 +416,6 @@ class History:
         )
         self.records.insert(0, record)
         self.records.sort(key=_record_order, reverse=True)
-        key = _key(job.release, job.arch)
         if job.result == "succeeded" and uploaded and sha256:
             self._note_upload(
                 release=job.release,
@@ -426,7 +425,7 @@ class History:
                 when=job.finished,
                 job_id=job.id,
             )
-        self._settle_queue(job, item, key, now)
+        self._settle_queue(job, item, now)
         return record
 
     def _note_upload(
@@ -462,21 +461,15 @@ class History:
         self,
         job: JobState,
         item: QueuedBuild | None,
-        key: str,
         now: datetime.datetime | None,
     ) -> None:
         if job.kind != "build":
             return
+        key = _key(job.release, job.arch)
         if item is not None:
             self.queue.remove(item)
             if job.result != "succeeded":
-                self.held[key] = HeldBuild(
-                    release=job.release,
-                    arch=job.arch,
-                    reason=job.error or f"build {job.result}",
-                    held_at=format_utc(now or utc_now()),
-                    job_id=job.id,
-                )
+                self._hold(item, job.error or f"build {job.result}", now, job_id=job.id)
         if job.result != "succeeded":
             return
         self.held.pop(key, None)
@@ -513,13 +506,8 @@ class History:
         for item in list(self.queue):
             if item.job_id is not None and item.job_id not in known:
                 self.queue.remove(item)
-                self.held[item.key] = HeldBuild(
-                    release=item.release,
-                    arch=item.arch,
-                    reason=f"job {item.job_id} vanished (its state file is gone)",
-                    held_at=format_utc(now or utc_now()),
-                    job_id=item.job_id,
-                )
+                reason = f"job {item.job_id} vanished (its state file is gone)"
+                self._hold(item, reason, now, job_id=item.job_id)
         return new
 
     def forget_upload(self, release: str, arch: str) -> None:
@@ -613,12 +601,18 @@ class History:
     ) -> None:
         """Take ``item`` out of the queue and hold it (its job could not be started)."""
         self.queue = [q for q in self.queue if not (q.key == item.key and q.job_id is None)]
-        self.held[item.key] = HeldBuild(
-            release=item.release,
-            arch=item.arch,
-            reason=reason,
-            held_at=format_utc(now or utc_now()),
-        )
+        self._hold(item, reason, now)
+
+    def _hold(
+        self,
+        item: QueuedBuild,
+        reason: str,
+        now: datetime.datetime | None,
+        *,
+        job_id: str | None = None,
+    ) -> None:
+        held_at = format_utc(now or utc_now())
+        self.held[item.key] = HeldBuild(item.release, item.arch, reason, held_at, job_id)
 
     def release_hold(self, release: str, arch: str) -> None:
         """Lift the hold of one release (the user asked for a build of it)."""

@@ -24,10 +24,14 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openeuler_image_builder import files, locks
 from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.timestamps import utc_now
+
+if TYPE_CHECKING:
+    from openeuler_image_builder.settings import Settings
 
 IN_USE_FILE = ".in-use"
 UPLOAD_RECORD = "maas-upload.json"
@@ -61,7 +65,7 @@ def next_image_dir(
 
     Not created: the build creates it, and removes it again if the build fails.
     """
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or utc_now()
     parent = store_dir(layout, release, arch)
     stamp = now.strftime(STAMP_FORMAT)
     for suffix in range(1000):
@@ -69,6 +73,14 @@ def next_image_dir(
         if not candidate.exists():
             return candidate
     raise FileExistsError(f"no free image directory name under {parent}")
+
+
+def image_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that change what goes into an image (the manifest's ``settings``)."""
+    return {
+        "include_updates": settings.include_updates,
+        "extra_packages": sorted(settings.extra_packages),
+    }
 
 
 def is_in_store(layout: StateLayout, path: Path) -> bool:

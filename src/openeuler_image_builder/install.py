@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -252,13 +251,6 @@ class VerifiedBinary:
     zip_sha256: str
 
 
-def _sha256_of(handle: Any) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read in blocks."""
     return files.hash_file(path)[0]
@@ -299,20 +291,21 @@ def extract_verified_binary(bundle: Path, artifact: ReleaseArtifact, dest: Path)
                 expected = fields[0].lower()
         if expected is None:
             raise UsageError(f"{artifact.sums_name} in {bundle} has no line for {zip_name}")
-        with outer.open(members[zip_name]) as handle:
-            actual = _sha256_of(handle)
-        if actual != expected:
-            raise UsageError(
-                f"{zip_name} in {bundle} has sha256 {actual}, but {artifact.sums_name} says "
-                f"{expected}: the file is corrupt or not HashiCorp's; download it again"
-            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent) as scratch:
             inner_path = Path(scratch) / zip_name
-            with outer.open(members[zip_name]) as source, inner_path.open("wb") as target:
-                shutil.copyfileobj(source, target)
             binary_name = artifact.binary_in(zip_name)
             try:
+                # Extracted once, then hashed and opened from disk.
+                with outer.open(members[zip_name]) as source, inner_path.open("wb") as target:
+                    shutil.copyfileobj(source, target)
+                actual = file_sha256(inner_path)
+                if actual != expected:
+                    raise UsageError(
+                        f"{zip_name} in {bundle} has sha256 {actual}, but {artifact.sums_name} "
+                        f"says {expected}: the file is corrupt or not HashiCorp's; download it "
+                        "again"
+                    )
                 with zipfile.ZipFile(inner_path) as inner:
                     broken = inner.testzip()
                     if broken is not None:
@@ -788,9 +781,9 @@ def _install_packer_from_apt(plan: InstallPlan, system: HostSystem, progress: Re
             f"{plan.codename}/{plan.dpkg_arch}: set packer-version to a released version",
         )
     installed = system.apt_installed_version("packer")
+    env = plan.packer_environment()
     if installed != wanted:
         progress("packer", None, f"apt install packer={wanted}")
-        env = plan.packer_environment()
         system.run(["apt-mark", "unhold", "packer"], env=env, timeout=COMMAND_TIMEOUT)
         if installed is not None:
             # apt-get -y refuses a downgrade; removing first makes any version change work.
@@ -798,7 +791,7 @@ def _install_packer_from_apt(plan: InstallPlan, system: HostSystem, progress: Re
         system.apt_install(["packer"], proxy=plan.proxy, version=wanted)
         changed = True
     # Pinned: a routine `apt upgrade` must not move Packer off the configured version.
-    system.run(["apt-mark", "hold", "packer"], env=plan.packer_environment(), timeout=60)
+    system.run(["apt-mark", "hold", "packer"], env=env, timeout=60)
     # A Packer from an earlier offline bundle would shadow the apt one on PATH.
     changed |= system.remove_file(BUNDLED_PACKER)
     return changed
@@ -884,7 +877,7 @@ def install(
     changed |= _install_plugin(plan, system, progress)
     system.write_file(
         plan.state_file,
-        json.dumps({"key": plan.key(), "packer_version": version}, indent=2).encode(),
+        files.json_text({"key": plan.key(), "packer_version": version}).encode(),
         0o644,
     )
     progress("done", 100, f"Packer {version}, qemu plugin {plan.qemu_plugin_version}")

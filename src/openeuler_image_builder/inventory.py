@@ -19,16 +19,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import catalogue, images
+from openeuler_image_builder import catalogue, images, pack
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.jobs import JobState
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.timestamps import parse_utc_or_none
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_SUFFIX = ".manifest.json"
-TARBALL_SUFFIXES = (".tar.gz", ".tgz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +95,8 @@ def package_list_digest(packages: Iterable[str]) -> str:
 
 
 def manifest_path_for(image: Path | str) -> Path:
-    """The manifest beside a tarball: ``<stem>.manifest.json``."""
-    image = Path(image)
-    name = image.name
-    for suffix in TARBALL_SUFFIXES:
-        if name.endswith(suffix):
-            return image.with_name(name[: -len(suffix)] + MANIFEST_SUFFIX)
-    return image.with_name(image.stem + MANIFEST_SUFFIX)
+    """The manifest beside a tarball (``pack.manifest_path_for``; a job names it as text)."""
+    return pack.manifest_path_for(Path(image))
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:

@@ -135,6 +135,15 @@ def cache_files(cache_dir: Path, release: Release, arch: Arch) -> list[Path]:
     return [path for path in candidates if path.exists()]
 
 
+def _check_arch(release: Release, arch: Arch) -> None:
+    """Raises UsageError when ``release`` publishes no ISO for ``arch``."""
+    if arch not in release.architectures:
+        raise UsageError(
+            f"openEuler {release.name} has no {arch} ISO: use one of "
+            f"{', '.join(release.architectures)}"
+        )
+
+
 def _record_path(iso: Path) -> Path:
     return iso.with_name(iso.name + RECORD_SUFFIX)
 
@@ -309,23 +318,17 @@ def _download(
                     if status == 416 and offset:
                         # The partial file is not shorter than the remote one: start again.
                         logger.warning("%s: stale partial download, starting again", url)
-                        digest, offset = hashlib.sha256(), 0
-                        out.seek(0)
-                        out.truncate()
+                        digest, offset = _restart(out)
                         raise _Retryable(f"{url}: range not satisfiable")
                     if status not in (200, 206):
                         raise StepFailed(STEP, f"{url} answered HTTP {status} {response.reason}")
                     if status == 206 and _range_start(response) != offset:
-                        digest, offset = hashlib.sha256(), 0
-                        out.seek(0)
-                        out.truncate()
+                        digest, offset = _restart(out)
                         raise _Retryable(f"{url}: the server sent another range than asked")
                     if status == 200 and offset:
                         # No Range support, or the file changed (If-Range): the body is the
                         # whole file, so drop what we had.
-                        digest, offset = hashlib.sha256(), 0
-                        out.seek(0)
-                        out.truncate()
+                        digest, offset = _restart(out)
                     out.seek(offset)
                     total = _total_size(response, offset)
                     etag = response.headers.get("ETag", "")
@@ -368,6 +371,13 @@ def _download(
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest(), offset
+
+
+def _restart(out: BinaryIO) -> tuple[hashlib._Hash, int]:
+    """Empty the partial download: a fresh hash and offset 0."""
+    out.seek(0)
+    out.truncate()
+    return hashlib.sha256(), 0
 
 
 def _body_chunks(response: requests.Response) -> Iterator[bytes]:
@@ -429,11 +439,7 @@ def fetch_iso(
         StepFailed: ("fetch-iso") not found on the mirror, unreachable after ``retries``
             retries, or a checksum mismatch (the partial download is deleted).
     """
-    if arch not in release.architectures:
-        raise UsageError(
-            f"openEuler {release.name} has no {arch} ISO: use one of "
-            f"{', '.join(release.architectures)}"
-        )
+    _check_arch(release, arch)
     iso_name = release.iso_name(arch)
     url = release.iso_url(arch, mirror)
     checksum_url = release.iso_checksum_url(arch, mirror)
@@ -449,7 +455,7 @@ def fetch_iso(
     progress(STEP, None, f"checking {checksum_url}")
     with _session() as session:
         try:
-            expected: str | None = _fetch_expected_sha256(
+            expected = _fetch_expected_sha256(
                 session,
                 checksum_url,
                 iso_name,
@@ -457,24 +463,24 @@ def fetch_iso(
                 retries=retries,
                 retry_delay=retry_delay,
             )
-            unavailable: _ChecksumUnavailable | None = None
         except _ChecksumUnavailable as error:
             expected, unavailable = None, error
+        else:
+            unavailable = None
 
         cached = _read_record(iso)
-        if cached and (expected is None or expected == cached.sha256):
+        if cached and expected in (None, cached.sha256):
             if unavailable:
                 logger.warning(
                     "using the cached %s unchecked against the mirror: %s", iso, unavailable
                 )
             progress(STEP, 100, f"cached {iso_name}")
             return cached
+        if expected is None:
+            raise StepFailed(STEP, str(unavailable))
         if cached:
             logger.warning("the mirror publishes a new checksum for %s: downloading it", iso_name)
-        if unavailable is not None or expected is None:
-            reason = str(unavailable) if unavailable else "no checksum"
-            raise StepFailed(STEP, reason)
-        if not cached and iso.is_file():
+        elif iso.is_file():
             # A verified ISO whose record was lost (or an ISO copied in by hand): hash it once.
             digest, size = hash_file(iso, progress)
             if digest == expected:
@@ -539,11 +545,7 @@ def use_local_iso(
     path = path.expanduser()
     if not path.is_file():
         raise UsageError(f"--iso {path}: no such file; give the path of the downloaded DVD ISO")
-    if arch not in release.architectures:
-        raise UsageError(
-            f"openEuler {release.name} has no {arch} ISO: use one of "
-            f"{', '.join(release.architectures)}"
-        )
+    _check_arch(release, arch)
     label = iso_volume_label(path)
     wanted_label = release.iso_volume_label(arch)
     if label and label.lower().startswith("openeuler-") and label != wanted_label:

@@ -37,6 +37,7 @@ from openeuler_image_builder import files, images, locks
 from openeuler_image_builder._detach import proc_stat, process_start_time, start_time
 from openeuler_image_builder.catalogue import Arch, Release
 from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.maas import API_KEY_FILE_ENV
 from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
 from openeuler_image_builder.settings import Settings
 from openeuler_image_builder.timestamps import format_utc, parse_utc_or_none, utc_now
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 JobKind = Literal["build", "upload"]
 JobResult = Literal["running", "succeeded", "failed", "cancelled"]
 
-MAAS_API_KEY_FILE_ENV = "MAAS_API_KEY_FILE"
 PACKER_ENV = "OPENEULER_IMAGE_BUILDER_PACKER"
 # Environment names that must never be handed to a job (they would end up in systemd-run's
 # argv and the unit's properties, readable by any user): the key goes by file only.
@@ -394,7 +394,7 @@ def check_environment(environment: Mapping[str, str]) -> None:
         if _SECRET_NAME.search(name):
             raise ValueError(
                 f"refusing to pass {name} to a background job: secrets reach jobs only "
-                f"through a root-only file ({MAAS_API_KEY_FILE_ENV} for the MAAS key)"
+                f"through a root-only file ({API_KEY_FILE_ENV} for the MAAS key)"
             )
 
 
@@ -577,7 +577,7 @@ class ProcessLauncher:
         environment = {
             key: value
             for key, value in os.environ.items()
-            if not _SECRET_NAME.search(key) and key != MAAS_API_KEY_FILE_ENV
+            if not _SECRET_NAME.search(key) and key != API_KEY_FILE_ENV
         }
         environment.update(spec.environment)
         try:
@@ -638,11 +638,9 @@ class ProcessLauncher:
                 os.kill(pid, signum)
 
 
-def launcher_for(job: JobState, *, runner: Runner | None = None) -> Launcher:
+def launcher_for(job: JobState) -> Launcher:
     """A launcher able to watch and stop ``job`` (by the launcher that started it)."""
-    if job.launcher == "systemd":
-        return SystemdLauncher(runner=runner or run_command)
-    return ProcessLauncher()
+    return SystemdLauncher() if job.launcher == "systemd" else ProcessLauncher()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,7 +733,7 @@ def _job_environment(layout: StateLayout, environment: Mapping[str, str] | None)
         "PYTHONUNBUFFERED": "1",
     }
     if layout.maas_api_key_file.exists():
-        result[MAAS_API_KEY_FILE_ENV] = str(layout.maas_api_key_file)
+        result[API_KEY_FILE_ENV] = str(layout.maas_api_key_file)
     result.update(environment or {})
     check_environment(result)
     return result
@@ -783,12 +781,155 @@ def _launch(
     return update_job_state(path, change)
 
 
-def _image_settings(settings: Settings) -> dict[str, Any]:
-    # The settings that change what goes into an image (recorded in the manifest by build).
-    return {
-        "include_updates": settings.include_updates,
-        "extra_packages": sorted(settings.extra_packages),
-    }
+@dataclasses.dataclass(frozen=True)
+class JobStarter:
+    """Starts and lists one caller's jobs, each with the same launcher, dispatch and environment.
+
+    The charm makes one per hook; ``work.advance`` and the actions start jobs through it. A job
+    runs ``python -m openeuler_image_builder <command> --job-state F [--settings S] <options>``.
+    """
+
+    layout: StateLayout
+    launcher: Launcher
+    dispatch: DispatchTarget | None = None
+    settings_file: Path | None = None
+    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    python: str = sys.executable
+
+    def build(
+        self,
+        release: Release,
+        arch: Arch,
+        *,
+        upload: bool,
+        force: bool = False,
+        settings_file: Path | None = None,
+    ) -> JobState:
+        """Start a build of ``release`` x ``arch`` in the background; returns its first state.
+
+        Without ``force``, refuses when the store already holds an image of this release and
+        arch built with the same image settings (``include-updates``, ``extra-packages``).
+        ``settings_file`` overrides the starter's.
+
+        Raises:
+            JobAlreadyRunning: a build of this release and arch is running.
+            UsageError: a foreground build holds the lock, an equal image exists (without
+                ``force``), upload is asked for without a MAAS URL or key, or the settings file
+                is bad.
+            StepFailed: the launcher could not start the job (the state file then says failed).
+        """
+        layout = self.layout
+
+        def check(settings: Settings) -> dict[str, Any]:
+            holder = locks.lock_holder(layout, release.name, arch)
+            if holder is not None:
+                raise UsageError(locks.lock_refusal_message(release.name, arch, holder))
+            if not force:
+                for image in images.list_stored_images(layout, release=release.name, arch=arch):
+                    if dict(image.settings) == images.image_settings(settings):
+                        raise UsageError(
+                            f"an image of {release.name} {arch} built with the same settings "
+                            f"exists ({image.tarball}, built {image.built_at}): "
+                            f"use force to build again (for example to pick up updates)"
+                        )
+            return {}
+
+        return self._start(
+            "build",
+            release,
+            arch,
+            upload=upload,
+            check=check,
+            command=["build", "--release", release.name, "--arch", arch],
+            options=["--upload"] if upload else [],
+            settings_file=settings_file or self.settings_file,
+        )
+
+    def upload(
+        self, release: Release, arch: Arch, *, name: str | None = None, title: str | None = None
+    ) -> JobState:
+        """Start an upload of the newest stored image of ``release`` x ``arch`` to MAAS.
+
+        Raises:
+            JobAlreadyRunning: an upload of this release and arch is running.
+            UsageError: no image of this release and arch is stored, or MAAS is not configured.
+            StepFailed: the launcher could not start the job.
+        """
+        layout = self.layout
+
+        def check(settings: Settings) -> dict[str, Any]:
+            image = images.newest_image(layout, release.name, arch)
+            if image is None:
+                store = images.store_dir(layout, release.name, arch)
+                raise UsageError(f"no image of {release.name} {arch} in {store}: build one first")
+            return {"image": str(image.tarball), "sha256": image.sha256}
+
+        options = (["--name", name] if name else []) + (["--title", title] if title else [])
+        return self._start(
+            "upload",
+            release,
+            arch,
+            upload=True,
+            check=check,
+            command=["jobs", "run-upload"],
+            options=options,
+            settings_file=self.settings_file,
+        )
+
+    def list_jobs(self) -> list[JobState]:
+        """``list_jobs``, liveness checked by this starter's launcher."""
+        return list_jobs(self.layout, launchers={self.launcher.name: self.launcher})
+
+    def _start(
+        self,
+        kind: JobKind,
+        release: Release,
+        arch: Arch,
+        *,
+        upload: bool,
+        check: Callable[[Settings], dict[str, Any]],
+        command: list[str],
+        options: list[str],
+        settings_file: Path | None,
+    ) -> JobState:
+        # What both kinds share: settings, environment and MAAS checks, the one-job-per-kind
+        # rule and the job's own refusals (``check``, returning extra state fields) under the
+        # start lock, the first state file, then the launch.
+        layout, launcher, dispatch = self.layout, self.launcher, self.dispatch
+        layout.ensure()
+        settings = _load_settings(settings_file)
+        job_environment = _job_environment(layout, self.environment)
+        if upload:
+            _check_upload_configured(layout, settings, job_environment)
+        with _locked(layout.jobs / _START_LOCK):
+            running = active_job(
+                layout, release.name, arch, kind=kind, launchers={launcher.name: launcher}
+            )
+            if running is not None:
+                raise JobAlreadyRunning(running)
+            fields = check(settings)
+            job_id = _new_job_id(layout, kind, release, arch)
+            state = JobState(
+                id=job_id,
+                kind=kind,
+                release=release.name,
+                arch=arch,
+                started=iso_time(),
+                log_path=str(layout.logs / f"{job_id}.log"),
+                upload_requested=upload,
+                launcher=launcher.name,
+                unit=unit_name(kind, release, arch) if launcher.name == "systemd" else None,
+                dispatch_unit=dispatch.unit_name if dispatch else None,
+                dispatch_charm_dir=str(dispatch.charm_dir) if dispatch else None,
+                dispatch_event=dispatch.event if dispatch else None,
+                **fields,
+            )
+            path = job_state_path(layout, job_id)
+            write_job_state(path, state)
+        argv = [self.python, "-m", "openeuler_image_builder", *command, "--job-state", str(path)]
+        if settings_file is not None:
+            argv += ["--settings", str(settings_file)]
+        return _launch(layout, state, argv + options, launcher, job_environment)
 
 
 def start_build_job(
@@ -804,48 +945,9 @@ def start_build_job(
     environment: Mapping[str, str] | None = None,
     python: str = sys.executable,
 ) -> JobState:
-    """Start a build of ``release`` x ``arch`` in the background; returns its first state.
-
-    Without ``force``, refuses when the store already holds an image of this release and arch
-    built with the same image settings (``include-updates``, ``extra-packages``).
-
-    Raises:
-        JobAlreadyRunning: a build of this release and arch is running.
-        UsageError: a foreground build holds the lock, an equal image exists (without
-            ``force``), upload is asked for without a MAAS URL or key, or the settings file is
-            bad.
-        StepFailed: the launcher could not start the job (the state file then says failed).
-    """
-
-    def check(settings: Settings) -> dict[str, Any]:
-        holder = locks.lock_holder(layout, release.name, arch)
-        if holder is not None:
-            raise UsageError(locks.lock_refusal_message(release.name, arch, holder))
-        if not force:
-            for image in images.list_stored_images(layout, release=release.name, arch=arch):
-                if dict(image.settings) == _image_settings(settings):
-                    raise UsageError(
-                        f"an image of {release.name} {arch} built with the same settings "
-                        f"exists ({image.tarball}, built {image.built_at}): "
-                        f"use force to build again (for example to pick up updates)"
-                    )
-        return {}
-
-    return _start_job(
-        layout,
-        "build",
-        release,
-        arch,
-        upload=upload,
-        check=check,
-        command=["build", "--release", release.name, "--arch", arch],
-        options=["--upload"] if upload else [],
-        launcher=launcher,
-        dispatch=dispatch,
-        settings_file=settings_file,
-        environment=environment,
-        python=python,
-    )
+    """:meth:`JobStarter.build` without a starter (its fields given here)."""
+    starter = JobStarter(layout, launcher, dispatch, settings_file, environment or {}, python)
+    return starter.build(release, arch, upload=upload, force=force)
 
 
 def start_upload_job(
@@ -861,149 +963,9 @@ def start_upload_job(
     environment: Mapping[str, str] | None = None,
     python: str = sys.executable,
 ) -> JobState:
-    """Start an upload of the newest stored image of ``release`` x ``arch`` to MAAS.
-
-    Raises:
-        JobAlreadyRunning: an upload of this release and arch is running.
-        UsageError: no image of this release and arch is stored, or MAAS is not configured.
-        StepFailed: the launcher could not start the job.
-    """
-
-    def check(settings: Settings) -> dict[str, Any]:
-        image = images.newest_image(layout, release.name, arch)
-        if image is None:
-            store = images.store_dir(layout, release.name, arch)
-            raise UsageError(f"no image of {release.name} {arch} in {store}: build one first")
-        return {"image": str(image.tarball), "sha256": image.sha256}
-
-    options = (["--name", name] if name else []) + (["--title", title] if title else [])
-    return _start_job(
-        layout,
-        "upload",
-        release,
-        arch,
-        upload=True,
-        check=check,
-        command=["jobs", "run-upload"],
-        options=options,
-        launcher=launcher,
-        dispatch=dispatch,
-        settings_file=settings_file,
-        environment=environment,
-        python=python,
-    )
-
-
-def _start_job(
-    layout: StateLayout,
-    kind: JobKind,
-    release: Release,
-    arch: Arch,
-    *,
-    upload: bool,
-    check: Callable[[Settings], dict[str, Any]],
-    command: list[str],
-    options: list[str],
-    launcher: Launcher,
-    dispatch: DispatchTarget | None,
-    settings_file: Path | None,
-    environment: Mapping[str, str] | None,
-    python: str,
-) -> JobState:
-    # What both kinds share: settings, environment and MAAS checks, the one-job-per-kind rule
-    # and the job's own refusals (``check``, returning extra state fields) under the start
-    # lock, the first state file, then the launch of
-    # ``python -m openeuler_image_builder <command> --job-state F [--settings S] <options>``.
-    layout.ensure()
-    settings = _load_settings(settings_file)
-    job_environment = _job_environment(layout, environment)
-    if upload:
-        _check_upload_configured(layout, settings, job_environment)
-    with _locked(layout.jobs / _START_LOCK):
-        running = active_job(
-            layout, release.name, arch, kind=kind, launchers={launcher.name: launcher}
-        )
-        if running is not None:
-            raise JobAlreadyRunning(running)
-        fields = check(settings)
-        job_id = _new_job_id(layout, kind, release, arch)
-        state = JobState(
-            id=job_id,
-            kind=kind,
-            release=release.name,
-            arch=arch,
-            started=iso_time(),
-            log_path=str(layout.logs / f"{job_id}.log"),
-            upload_requested=upload,
-            launcher=launcher.name,
-            unit=unit_name(kind, release, arch) if launcher.name == "systemd" else None,
-            dispatch_unit=dispatch.unit_name if dispatch else None,
-            dispatch_charm_dir=str(dispatch.charm_dir) if dispatch else None,
-            dispatch_event=dispatch.event if dispatch else None,
-            **fields,
-        )
-        path = job_state_path(layout, job_id)
-        write_job_state(path, state)
-    argv = [python, "-m", "openeuler_image_builder", *command, "--job-state", str(path)]
-    if settings_file is not None:
-        argv += ["--settings", str(settings_file)]
-    return _launch(layout, state, argv + options, launcher, job_environment)
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStarter:
-    """Starts and lists one caller's jobs, each with the same launcher, dispatch and environment.
-
-    The charm makes one per hook; ``work.advance`` and the actions start jobs through it.
-    """
-
-    layout: StateLayout
-    launcher: Launcher
-    dispatch: DispatchTarget | None = None
-    settings_file: Path | None = None
-    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    def build(
-        self,
-        release: Release,
-        arch: Arch,
-        *,
-        upload: bool,
-        force: bool = False,
-        settings_file: Path | None = None,
-    ) -> JobState:
-        """``start_build_job`` (``settings_file`` overrides the starter's)."""
-        return start_build_job(
-            self.layout,
-            release,
-            arch,
-            upload=upload,
-            force=force,
-            launcher=self.launcher,
-            dispatch=self.dispatch,
-            settings_file=settings_file or self.settings_file,
-            environment=self.environment,
-        )
-
-    def upload(
-        self, release: Release, arch: Arch, *, name: str | None = None, title: str | None = None
-    ) -> JobState:
-        """``start_upload_job``."""
-        return start_upload_job(
-            self.layout,
-            release,
-            arch,
-            name=name,
-            title=title,
-            launcher=self.launcher,
-            dispatch=self.dispatch,
-            settings_file=self.settings_file,
-            environment=self.environment,
-        )
-
-    def list_jobs(self) -> list[JobState]:
-        """``list_jobs``, liveness checked by this starter's launcher."""
-        return list_jobs(self.layout, launchers={self.launcher.name: self.launcher})
+    """:meth:`JobStarter.upload` without a starter (its fields given here)."""
+    starter = JobStarter(layout, launcher, dispatch, settings_file, environment or {}, python)
+    return starter.upload(release, arch, name=name, title=title)
 
 
 def _load_settings(settings_file: Path | None) -> Settings:
@@ -1044,7 +1006,7 @@ def _check_upload_configured(
 ) -> None:
     if not (settings.maas_url or environment.get("MAAS_URL")):
         raise UsageError("upload needs a MAAS URL: set maas-url (or relate to maas-region)")
-    key_file = environment.get(MAAS_API_KEY_FILE_ENV) or str(layout.maas_api_key_file)
+    key_file = environment.get(API_KEY_FILE_ENV) or str(layout.maas_api_key_file)
     if not Path(key_file).is_file():
         raise UsageError(
             f"upload needs the MAAS API key in {key_file}: set maas-api-key to a Juju secret "

@@ -8,7 +8,11 @@ cannot send ``base_image`` and is not used (docs/maas.md says why).
 Public surface (docs/architecture.md): ``MaasClient``, ``check_credentials()``,
 ``upload_image()``, ``list_images()``, ``delete_image()``, ``api_key_from_environment()``.
 
-The API key never reaches a log record, an exception message, a ``repr`` or a child process.
+The API key never reaches a log record, an exception message, a ``repr`` or a process's
+arguments. Packer (and the QEMU it starts) gets an environment without it; background jobs get
+the name of a root-only key file, never the key. A standalone run given ``MAAS_API_KEY`` leaves
+it in its own environment, which its helpers (tar, pigz) inherit: readable only by the same
+user, as the variable already was; ``MAAS_API_KEY_FILE`` avoids even that.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from requests.adapters import HTTPAdapter
 from openeuler_image_builder import files
 from openeuler_image_builder.catalogue import MAAS_ARCHITECTURE, Arch, NameScheme, Release
 from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.pack import manifest_path_for
 from openeuler_image_builder.progress import ByteProgress, Reporter, null_reporter
 from openeuler_image_builder.timestamps import format_utc, utc_now
 
@@ -314,6 +319,14 @@ def _connection_reason(error: BaseException) -> str:
     return type(error).__name__
 
 
+def _json_of(response: requests.Response, step: str, what: str) -> Any:
+    """The decoded JSON of a successful answer; raises ``MaasApiError`` when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        raise MaasApiError(step, what, response.status_code, "answer is not JSON") from None
+
+
 def maas_error_text(response: requests.Response) -> str:
     """MAAS's own error text from a response, on one line.
 
@@ -427,14 +440,14 @@ class MaasClient:
         """
         url = self.endpoint(path)
         attempts = 1 + (self.retries if retry else 0)
-        files = {name: (None, value) for name, value in fields.items()} if fields else None
+        multipart = {name: (None, value) for name, value in fields.items()} if fields else None
         for attempt in range(1, attempts + 1):
             try:
                 response = self.session.request(
                     method,
                     url,
                     params=params,
-                    files=files,
+                    files=multipart,
                     data=data,
                     headers=dict(headers or {}),
                     auth=self._auth if authenticated else None,
@@ -470,12 +483,7 @@ class MaasClient:
             raise MaasApiError(
                 step, what or f"reading {path}", response.status_code, maas_error_text(response)
             )
-        try:
-            return response.json()
-        except ValueError:
-            raise MaasApiError(
-                step, what or f"reading {path}", response.status_code, "answer is not JSON"
-            ) from None
+        return _json_of(response, step, what or f"reading {path}")
 
     # Endpoints (sections 2 and 3) --------------------------------------------------------
 
@@ -518,7 +526,7 @@ class MaasClient:
                 response.status_code,
                 maas_error_text(response),
             )
-        data = response.json()
+        data = _json_of(response, step, f"reading boot resource {resource_id}")
         return data if isinstance(data, dict) else None
 
     def delete_boot_resource(self, resource_id: int, *, step: str = "maas") -> bool:
@@ -653,9 +661,9 @@ def newest_set(resource: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None
 
 def single_file(resource_set: Mapping[str, Any]) -> dict[str, Any] | None:
     """The one file of an uploaded set (``root.tgz``), or None."""
-    files = resource_set.get("files") or {}
-    if isinstance(files, dict) and len(files) == 1:
-        return next(iter(files.values()))
+    set_files = resource_set.get("files") or {}
+    if isinstance(set_files, dict) and len(set_files) == 1:
+        return next(iter(set_files.values()))
     return None
 
 
@@ -674,18 +682,6 @@ class ImageFacts:
     manifest: Path | None = None
     release: str | None = None
     arch: str | None = None
-
-
-def manifest_path_for(tarball: Path) -> Path:
-    """``<image stem>.manifest.json`` beside the tarball (docs/architecture.md)."""
-    name = tarball.name
-    for suffix in (".tar.gz", ".tgz"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = tarball.stem
-    return tarball.with_name(f"{name}.manifest.json")
 
 
 _IMAGE_NAME = re.compile(r"^openeuler-(?P<release>.+)-(?P<arch>x86_64|aarch64)\.(?:tar\.gz|tgz)$")
@@ -708,10 +704,16 @@ def image_identity(tarball: Path) -> tuple[str | None, str | None]:
     manifest = manifest_path_for(tarball)
     if not manifest.is_file():
         return from_name
-    data = _read_manifest(manifest)
-    release = data.get("release") if isinstance(data.get("release"), str) else None
-    arch = data.get("arch") if isinstance(data.get("arch"), str) else None
+    release, arch = _manifest_identity(_read_manifest(manifest))
     return release or from_name[0], arch or from_name[1]
+
+
+def _manifest_identity(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    release, arch = data.get("release"), data.get("arch")
+    return (
+        release if isinstance(release, str) else None,
+        arch if isinstance(arch, str) else None,
+    )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -727,12 +729,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def hash_file(
-    path: Path, *, progress: Reporter = null_reporter, block_size: int = CHUNK_SIZE
-) -> tuple[str, int]:
+def hash_file(path: Path, *, progress: Reporter = null_reporter) -> tuple[str, int]:
     """sha256 and size of a file, read once (reported as ``upload``: computing sha256)."""
     report = ByteProgress(progress, "upload", "computing sha256")
-    return files.hash_file(path, block_size=block_size, report=report)
+    return files.hash_file(path, block_size=CHUNK_SIZE, report=report)
 
 
 def read_image_facts(tarball: Path, *, progress: Reporter = null_reporter) -> ImageFacts:
@@ -771,8 +771,7 @@ def read_image_facts(tarball: Path, *, progress: Reporter = null_reporter) -> Im
                 f"tarball changed after it was packed; rebuild it, or delete {manifest} to "
                 "upload it as it is"
             )
-        release = data.get("release") if isinstance(data.get("release"), str) else None
-        arch = data.get("arch") if isinstance(data.get("arch"), str) else None
+        release, arch = _manifest_identity(data)
         if manifest.stat().st_mtime + 1 >= info.st_mtime:
             return ImageFacts(tarball, sha256, size, "manifest", manifest, release, arch)
         logger.warning(
@@ -905,6 +904,17 @@ class _Restart(Exception):
     """The set cannot be continued safely: delete it and start over."""
 
 
+def _region_count(stored: int, progress: float, size: int) -> int | None:
+    """Regions behind ``progress`` when one region holds ``stored`` bytes; None if not whole.
+
+    ``progress`` is 100 x (bytes held by all regions) / (size x regions) (section 6).
+    """
+    count = stored / (progress * size / 100)
+    if count < 0.5 or abs(count - round(count)) > 1e-6:
+        return None
+    return round(count)
+
+
 def _matching_resources(
     resources: list[dict[str, Any]], name: str, architecture: str
 ) -> list[dict[str, Any]]:
@@ -1013,7 +1023,7 @@ class _Uploader:
                 response.status_code,
                 text,
             )
-        resource = response.json()
+        resource = _json_of(response, "upload", f"creating boot resource {self.target.name}")
         found = newest_set(resource)
         rfile = single_file(found[1]) if found else None
         if not found or not rfile:
@@ -1088,10 +1098,9 @@ class _Uploader:
             if end == size:
                 # The only chunk: any byte held means MAAS stored it (a PUT appends whole).
                 return size, None
-            count = length / held_per_region
-            if count < 0.5 or abs(count - round(count)) > 1e-6:
+            regions = _region_count(length, progress, size)
+            if regions is None:
                 return None, None
-            regions = round(count)
         exact = held_per_region * regions
         if end == size and exact > offset + 0.5:
             # The last chunk was stored; copying to the other regions may have begun.
@@ -1108,12 +1117,7 @@ class _Uploader:
         except (StepFailed, UsageError):
             return None
         progress = float((rfile or {}).get("progress") or 0.0)
-        if not progress:
-            return None
-        count = offset / (progress * self.facts.size / 100)
-        if count < 0.5 or abs(count - round(count)) > 1e-6:
-            return None
-        return round(count)
+        return _region_count(offset, progress, self.facts.size) if progress else None
 
     def send_file(self, handle: Any, resource_id: int, version: str, upload_uri: str) -> None:
         """PUT every chunk in order; returns when MAAS holds the whole file on one region.
@@ -1165,7 +1169,6 @@ class _Uploader:
             self.report_upload(offset)
             if regions is None and offset < size and offset == length:
                 regions = self.calibrate_regions(resource_id, version, offset)
-        return
 
     def read_chunk(self, handle: Any, offset: int, length: int) -> memoryview:
         """Read ``length`` bytes at ``offset`` into the one reused buffer.
@@ -1237,7 +1240,7 @@ class _Uploader:
             origin = (
                 f"its manifest {self.facts.manifest}"
                 if self.facts.source == "manifest"
-                else ("the hash taken before the upload")
+                else "the hash taken before the upload"
             )
             raise StepFailed(
                 "upload",

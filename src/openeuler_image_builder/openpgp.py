@@ -82,12 +82,11 @@ def dearmor(data: bytes) -> bytes:
             body_lines.append(line)
     try:
         binary = base64.b64decode("".join(body_lines), validate=True)
+        expected = None if checksum is None else base64.b64decode(checksum, validate=True)
     except ValueError as error:
         raise UsageError(f"the downloaded key's armor is not valid base64 ({error})") from None
-    if checksum is not None:
-        expected = int.from_bytes(base64.b64decode(checksum), "big")
-        if _crc24(binary) != expected:
-            raise UsageError("the downloaded key's armor checksum (CRC-24) does not match")
+    if expected is not None and _crc24(binary) != int.from_bytes(expected, "big"):
+        raise UsageError("the downloaded key's armor checksum (CRC-24) does not match")
     return binary
 
 
@@ -113,6 +112,8 @@ def parse_packets(binary: bytes) -> list[Packet]:
             if octet < 192:
                 length, offset = octet, offset + 1
             elif octet < 224:
+                if offset + 1 >= len(binary):
+                    raise UsageError("the key data is truncated")
                 length = ((octet - 192) << 8) + binary[offset + 1] + 192
                 offset += 2
             elif octet == 255:

@@ -33,7 +33,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -173,11 +172,6 @@ def manifest_path_for(tarball: Path) -> Path:
 # -- facts about the mounted tree --------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def _version_key(text: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p]
 
@@ -263,7 +257,7 @@ def read_rpmdb(root: Path, workdir: Path) -> RpmFacts:
         raise StepFailed(
             STEP,
             f"cannot read the image's rpm database ({backend}) with this host's rpm: "
-            f"{_one_line(result.stderr) or f'rpm exited with {result.returncode}'}",
+            f"{diskimage.one_line(result.stderr) or f'rpm exited with {result.returncode}'}",
         )
     packages = sorted({line.strip() for line in result.stdout.splitlines() if line.strip()})
     query = diskimage.run_command(
@@ -466,6 +460,14 @@ class _Pipeline:
         self._readers: list[threading.Thread] = []
         self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._time_out)
         self._timer.daemon = True
+        try:
+            self._start(root)
+        except BaseException:
+            # A failed start of pigz (or a signal) must not leave tar running in its session.
+            self.stop()
+            raise
+
+    def _start(self, root: Path) -> None:
         environment = {**os.environ, "LC_ALL": "C"}
         # Own sessions: a Ctrl-C on the terminal reaches only Python, which stops these after
         # it stopped reading (never tar while a mount below it is being taken down).
@@ -617,24 +619,14 @@ def _remove_stale_partials(final: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _temporary_output(final: Path) -> Iterator[tuple[int, Path]]:
+def _temporary_output(final: Path) -> contextlib.AbstractContextManager[tuple[IO[bytes], Path]]:
     """A temporary file beside ``final`` (removed unless it was renamed into place).
 
     Named ``.<final name>.<pid>.<random>.partial`` so a later pack can tell a leftover of a
     killed process from a pack still running.
     """
     _remove_stale_partials(final)
-    fd, name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.name}.{os.getpid()}.", suffix=".partial"
-    )
-    path = Path(name)
-    try:
-        yield fd, path
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        path.unlink(missing_ok=True)
+    return files.staged_file(final, prefix=f".{final.name}.{os.getpid()}.", suffix=".partial")
 
 
 def _problems_text(problems: list[Problem]) -> str:
@@ -730,10 +722,9 @@ def pack_disk_image(
             raise StepFailed("verify", _problems_text(problems))
         progress("verify", 100, "no problems")
 
-        fd, temporary = stack.enter_context(_temporary_output(output))
-        sha256, size = _write_tarball(root, fd, progress, deadline, stack)
-        os.fsync(fd)
-        os.fchmod(fd, 0o644)
+        stream, temporary = stack.enter_context(_temporary_output(output))
+        sha256, size = _write_tarball(root, stream.fileno(), progress, deadline, stack)
+        files.finish(stream)
 
         durations = {
             "pack": round(time.monotonic() - started, 3),
@@ -741,6 +732,10 @@ def pack_disk_image(
         }
         extra_durations = extra.pop("durations", None)
         extra_tools = extra.pop("tools", None)
+        if not isinstance(extra_durations, Mapping):
+            extra_durations = {}
+        if not isinstance(extra_tools, Mapping):
+            extra_tools = {}
         manifest = Manifest(
             image=output.name,
             arch=arch,
@@ -751,12 +746,8 @@ def pack_disk_image(
             cloud_init=cloud_init,
             built_at=format_utc(utc_now()),
             build_duration=durations["pack"],
-            durations={**(extra_durations or {}), **durations}
-            if isinstance(extra_durations, Mapping) or extra_durations is None
-            else durations,
-            tools={**_tool_versions(session, rpm.rpm_version), **(extra_tools or {})}
-            if isinstance(extra_tools, Mapping) or extra_tools is None
-            else _tool_versions(session, rpm.rpm_version),
+            durations={**extra_durations, **durations},
+            tools={**_tool_versions(session, rpm.rpm_version), **extra_tools},
         )
         protected = {"extra", "image", "sha256", "size", "schema"}  # facts of this tarball
         names = {f.name for f in dataclasses.fields(Manifest)} - protected

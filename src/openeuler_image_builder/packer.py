@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder import maas
+from openeuler_image_builder._detach import proc_stat, start_time
 from openeuler_image_builder.errors import StepFailed, UsageError
 from openeuler_image_builder.jobs import process_alive
 from openeuler_image_builder.paths import StateLayout
@@ -199,14 +200,10 @@ def _process_table() -> dict[int, tuple[int, int]]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as stat:
-                text = stat.read()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2 :].split()
-        with contextlib.suppress(IndexError, ValueError):
-            table[int(entry.name)] = (int(fields[1]), int(fields[19]))
+        fields = proc_stat(int(entry.name))
+        start = None if fields is None else start_time(fields)
+        if fields is not None and start is not None and fields[1].isdigit():
+            table[int(entry.name)] = (int(fields[1]), start)
     return table
 
 

@@ -277,13 +277,14 @@ def _copy_vars(source: Path, target: Path, arch: Arch, code: Path) -> None:
 def guest_url(url: str) -> str:
     """``url`` as the install VM reaches it (loopback hosts become 10.0.2.2).
 
-    A mirror on this machine's loopback is reached by the guest through QEMU user networking
-    at 10.0.2.2; other URLs are unchanged.
+    A mirror or proxy on this machine's loopback is reached by the guest through QEMU user
+    networking at 10.0.2.2 (user and password kept); other URLs are unchanged.
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
         return url
-    netloc = QEMU_USER_NET_HOST + (f":{parsed.port}" if parsed.port else "")
+    credentials, at, _host = parsed.netloc.rpartition("@")
+    netloc = credentials + at + QEMU_USER_NET_HOST + (f":{parsed.port}" if parsed.port else "")
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 

@@ -34,13 +34,14 @@ KEEP_JOBS = 5
 # The job's own log, Packer's log and its UI output (packer.PackerRun), the serial console copy.
 LOG_SUFFIXES = (".log", ".packer.log", ".packer.log.ui", ".serial.log")
 # Job ids and foreground build ids: ``<kind>-<release>-<arch>-<UTC stamp>[-N]``.
-JOB_ID = re.compile(
-    r"^(?P<kind>build|upload)-(?P<release>.+)-(?P<arch>x86_64|aarch64)-"
-    r"(?P<stamp>\d{8}T\d{6}Z)(?:-\d+)?$"
+_ID_PATTERN = (
+    r"(?P<kind>build|upload)-(?P<release>.+)-(?P<arch>x86_64|aarch64)-"
+    r"(?P<stamp>\d{8}T\d{6}Z)(?:-\d+)?"
 )
+JOB_ID = re.compile(f"^{_ID_PATTERN}$")
+# A log of a job (or foreground build): ``<id><one of LOG_SUFFIXES>``.
 JOB_LOG_NAME = re.compile(
-    r"^(?P<id>(?:build|upload)-(?P<release>.+)-(?P<arch>x86_64|aarch64)-\d{8}T\d{6}Z(?:-\d+)?)"
-    r"\.(?:packer\.log\.ui|packer\.log|serial\.log|log)$"
+    f"^(?P<id>{_ID_PATTERN})(?:{'|'.join(re.escape(suffix) for suffix in LOG_SUFFIXES)})$"
 )
 
 
@@ -51,12 +52,21 @@ def _resolved(path: Path) -> Path:
         return path
 
 
-def paths_in_use(
-    layout: StateLayout, *, launchers: Mapping[str, jobs.Launcher] | None = None
-) -> set[Path]:
-    """Image directories that running jobs are writing or reading."""
+def _listed(
+    layout: StateLayout,
+    jobs_listed: Sequence[jobs.JobState] | None,
+    launchers: Mapping[str, jobs.Launcher] | None,
+) -> list[jobs.JobState]:
+    # The caller's ``jobs.list_jobs(layout)`` when it has one, else a fresh listing.
+    if jobs_listed is not None:
+        return list(jobs_listed)
+    return jobs.list_jobs(layout, launchers=launchers)
+
+
+def paths_in_use(listed: Iterable[jobs.JobState]) -> set[Path]:
+    """Image directories that the running jobs among ``listed`` are writing or reading."""
     used: set[Path] = set()
-    for job in jobs.list_jobs(layout, launchers=launchers):
+    for job in listed:
         if not job.running:
             continue
         if job.output_dir:
@@ -79,20 +89,22 @@ def prune_images(
     layout: StateLayout,
     keep: int,
     *,
+    jobs_listed: Sequence[jobs.JobState] | None = None,
     launchers: Mapping[str, jobs.Launcher] | None = None,
     now: float | None = None,
 ) -> list[Path]:
     """Remove old images and the leftovers of failed builds from the store.
 
     Keeps the newest ``keep`` finished images of each release x arch; returns the directories
-    removed.
+    removed. ``jobs_listed`` (``jobs.list_jobs(layout)`` when the caller has it) or a listing
+    with ``launchers`` tells which directories running jobs use.
 
     Never removes a directory in use by a build or an upload.
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
     now = time.time() if now is None else now
-    in_use = paths_in_use(layout, launchers=launchers)
+    in_use = paths_in_use(_listed(layout, jobs_listed, launchers))
     finished_seen: dict[tuple[str, str], int] = {}
     removed: list[Path] = []
     for release, arch, directory in list(images.build_dirs(layout)):
@@ -137,24 +149,27 @@ def prune_after_config(
     releases, cached ISOs serve ``build-image``); images beyond ``keep_images`` per release x
     arch go. Returns what was removed.
     """
-    removed = prune_iso_cache(layout, releases, launchers=launchers) if releases else []
-    return removed + prune_images(layout, keep_images, launchers=launchers)
+    listed = jobs.list_jobs(layout, launchers=launchers)  # once for both prunes
+    removed = prune_iso_cache(layout, releases, jobs_listed=listed) if releases else []
+    return removed + prune_images(layout, keep_images, jobs_listed=listed)
 
 
 def prune_iso_cache(
     layout: StateLayout,
     releases: Iterable[str],
     *,
+    jobs_listed: Sequence[jobs.JobState] | None = None,
     launchers: Mapping[str, jobs.Launcher] | None = None,
 ) -> list[Path]:
     """Remove cached ISOs (and the files beside them) of releases not in ``releases``.
 
-    ``releases`` holds names or aliases; returns the files removed.
+    ``releases`` holds names or aliases; returns the files removed. ``jobs_listed`` and
+    ``launchers`` as in :func:`prune_images`.
 
     An ISO of a release that is being built is kept.
     """
     configured = {release.name for release in catalogue.resolve_many(releases)}
-    building = {job.release for job in jobs.list_jobs(layout, launchers=launchers) if job.running}
+    building = {job.release for job in _listed(layout, jobs_listed, launchers) if job.running}
     removed: list[Path] = []
     if not layout.iso_cache.is_dir():
         return removed
@@ -234,11 +249,7 @@ def prune_jobs(
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
-    listed = (
-        list(jobs_listed)
-        if jobs_listed is not None
-        else jobs.list_jobs(layout, launchers=launchers)
-    )
+    listed = _listed(layout, jobs_listed, launchers)
     is_recorded = recorded or _recorded_by_history(layout)
     doomed: list[Path] = []
     seen: dict[tuple[str, str], int] = {}

@@ -23,6 +23,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([MG])(?:i?B)?\s*$", re.IGNORECASE)
 # RPM package names: letters, digits and ._+- ; optionally a group (@core).
 _PACKAGE = re.compile(r"^@?\^?[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_HTTP_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _CALENDAR_SHORTHANDS = {
     "minutely",
     "hourly",
@@ -129,7 +130,7 @@ class Settings(pydantic.BaseModel):
     @pydantic.field_validator("mirror_url")
     @classmethod
     def _mirror_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", value.strip()):
+        if not _HTTP_URL.match(value.strip()):
             raise ValueError("not an http(s) URL")
         return value.strip().rstrip("/") + "/"
 
@@ -179,7 +180,7 @@ class Settings(pydantic.BaseModel):
     @classmethod
     def _maas_url(cls, value: str) -> str:
         value = value.strip()
-        if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        if value and not _HTTP_URL.match(value):
             raise ValueError("not an http(s) URL")
         return value.rstrip("/")
 

@@ -137,13 +137,11 @@ def unit_status(
     share: Sequence[str] | None = None,
     units: int = 1,
     configured: Sequence[str] = (),
-    blocked_reason: str | None = None,
     now: datetime.datetime | None = None,
 ) -> UnitStatus:
-    """The unit's status.
+    """The unit's work status (:func:`charm_statuses` adds the unit's own problems).
 
-    Precedence: ``blocked_reason`` (the charm found the unit unable to build: no KVM, bad
-    config...) > a running job (Maintenance, with its phase, percent and elapsed time, and how
+    Precedence: a running job (Maintenance, with its phase, percent and elapsed time, and how
     many builds are queued) > the newest failed build of the unit's releases (Active, with the
     summary and the action that shows the log; Blocked if the failure disables the unit) >
     a queued build that could not start (Active, or Blocked as above) > queued builds
@@ -158,13 +156,10 @@ def unit_status(
         share: releases assigned to this unit (None: not known / single unit).
         units: number of units sharing the work (the share is shown when more than one).
         configured: the configured releases.
-        blocked_reason: set by the charm when the unit cannot build at all.
         now: current time (tests).
     """
     now = now or utc_now()
     suffix = _share_suffix(share, units, len(configured))
-    if blocked_reason:
-        return UnitStatus("blocked", blocked_reason)
     queued = [q for q in (history.queue if history else []) if q.job_id is None]
     running = [job for job in jobs if job.result == "running"]
     if running:

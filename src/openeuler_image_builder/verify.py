@@ -303,7 +303,7 @@ def _check_kernel(view: _View) -> list[Problem]:
 
 def _check_curtin_hook(view: _View) -> list[Problem]:
     resolved = _resolve(view, CURTIN_HOOK)
-    if resolved is None or view.kind(resolved) is None:
+    if resolved is None:
         return [
             Problem(
                 "curtin-hook-missing",

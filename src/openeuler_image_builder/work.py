@@ -85,7 +85,9 @@ def advance(
         images = inventory.list_local_images(layout, uploaded_sha256s=records.uploaded_sha256s())
         records.sync_queue(share, arch, images, history.settings_digest(settings))
         build = None
-        item = records.next_build(starter.list_jobs())
+        # The jobs listed above plus the uploads just started: no second listing (and no
+        # second liveness query of every running job) in the same hook.
+        item = records.next_build([*listed, *uploads])
         if item is not None and can_build:
             build = _start_queued_build(starter, settings, item, records)
     return WorkDone(tuple(recorded), tuple(uploads), build)

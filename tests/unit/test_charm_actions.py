@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures.charm_env import CharmEnv, job_id_of
@@ -16,7 +18,7 @@ from fixtures.job_environment import job_environment
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
-from openeuler_image_builder import fleet, jobs
+from openeuler_image_builder import fleet, history, inventory, jobs
 
 UNIT = "openeuler-image-builder/0"
 
@@ -252,16 +254,43 @@ def test_build_status_reports_running_and_recent_jobs(charm_env: CharmEnv) -> No
     assert message.startswith("Error in action parameters:")
 
 
+def test_build_status_reads_history_images_and_jobs_once(
+    charm_env: CharmEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = charm_env.state()
+    run_action(charm_env, state, "build-image", release="24.03")
+    reads: list[str] = []
+
+    def counted(name: str, read: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return read(*args, **kwargs)
+
+        return wrapper
+
+    load = history.History.load
+    monkeypatch.setattr(history.History, "load", counted("history", load))
+    monkeypatch.setattr(jobs, "list_jobs", counted("jobs", jobs.list_jobs))
+    images = inventory.list_local_images
+    monkeypatch.setattr(inventory, "list_local_images", counted("images", images))
+    # The action and collect-status share one read of each.
+    ctx, out = run_action(charm_env, state, "build-status")
+    assert (ctx.action_results or {})["running"] == "1"
+    assert out.unit_status.name == "maintenance"
+    assert sorted(reads) == ["history", "images", "jobs"]
+
+
 def test_cancel_build_stops_the_running_job(charm_env: CharmEnv) -> None:
     state = charm_env.state()
     run_action(charm_env, state, "build-image", release="24.03")
     job_id = job_id_of(charm_env.runner.started()[0])
-    ctx, _ = run_action(charm_env, state, "cancel-build", release="24.03")
+    ctx, out = run_action(charm_env, state, "cancel-build", release="24.03")
     assert ctx.action_results == {
         "job-id": job_id,
         "result": "cancelled",
         "message": "build of 24.03-LTS-SP4 (x86_64): cancelled",
     }
+    assert out.unit_status.name != "maintenance"  # the status reads the jobs after the cancel
     assert ["systemctl", "stop", "openeuler-image-builder-build-24.03-lts-sp4-x86_64"] in (
         charm_env.runner.argvs
     )

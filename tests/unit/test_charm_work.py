@@ -414,3 +414,19 @@ def test_non_leader_without_a_plan_waits_for_the_leader(charm_env: CharmEnv) -> 
     )
     assert charm_env.runner.started() == []
     assert out.unit_status.message.startswith("idle")
+
+
+def test_config_changed_prunes_before_publishing_the_inventory(charm_env: CharmEnv) -> None:
+    for days in (3, 2, 1):
+        make_stored_image(charm_env.layout, "24.03-LTS-SP4", built_at=T0 - days * DAY)
+    peers = testing.PeerRelation("builders")
+    ctx = charm_env.ctx()
+    out = ctx.run(
+        ctx.on.config_changed(),
+        charm_env.state(relations={peers}, config={"keep-images": 1}),
+    )
+    (kept,) = inventory.list_local_images(charm_env.layout)
+    databag = dict(out.get_relation(peers.id).local_unit_data)
+    published = fleet.UnitReport.from_json(databag[fleet.UNIT_REPORT_KEY])
+    assert [image.built_at for image in published.images] == [kept.built_at]
+    assert kept.built_at is not None and kept.built_at.startswith("2026-11-19")

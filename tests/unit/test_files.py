@@ -86,6 +86,16 @@ def test_staged_file_is_removed_unless_the_caller_renamed_it(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]
 
 
+def test_staged_file_name(tmp_path: Path) -> None:
+    target = tmp_path / "a.tar.gz"
+    with files.staged_file(target) as (_, default):
+        assert default.name.startswith(".a.tar.gz.") and default.name.endswith(".tmp")
+    with files.staged_file(target, prefix=".a.tar.gz.42.", suffix=".partial") as (_, named):
+        assert named.parent == tmp_path
+        assert named.name.startswith(".a.tar.gz.42.") and named.name.endswith(".partial")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_parent_directory_is_not_created(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         files.write_atomic(tmp_path / "gone" / "maas-upload.json", "{}")

@@ -78,11 +78,21 @@ def test_armor_checksum_is_checked(openpgp_keys: dict[str, GeneratedKey]) -> Non
 
 @pytest.mark.parametrize(
     "data",
-    [b"<html>captive portal</html>", b"\x99\x01", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!\n"],
+    [
+        b"<html>captive portal</html>",
+        b"\x99\x01",
+        b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!\n",
+        b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nxsBN\n=ab!c\n",  # checksum not base64
+    ],
 )
 def test_garbage_is_not_a_key(data: bytes) -> None:
     with pytest.raises(UsageError):
         openpgp.transferable_keys(data + b"-----END PGP PUBLIC KEY BLOCK-----\n")
+
+
+def test_truncated_packet_length_is_not_a_key() -> None:
+    with pytest.raises(UsageError, match="truncated"):
+        openpgp.parse_packets(b"\xc6\xc0")  # a two-octet length cut after its first octet
 
 
 @pytest.fixture
@@ -405,6 +415,17 @@ def test_bundle_with_corrupt_member_fails_crc(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match=r"(fails its CRC|is damaged)"):
         install.extract_verified_binary(bundle, artifact, tmp_path / "out" / "packer")
+    assert not (tmp_path / "out" / "packer").exists()
+
+
+def test_bundle_with_damaged_release_zip_is_bad_input(tmp_path: Path) -> None:
+    artifact = install.packer_artifact("1.11.2", "amd64")
+    bundle = bytearray(make_bundle(tmp_path / "b.zip", artifact, PACKER_SCRIPT * 50).read_bytes())
+    # Flip a byte inside the bundle's compressed copy of the release zip (its first member).
+    bundle[30 + len(artifact.zip_name) + 5] ^= 0xFF
+    (tmp_path / "b.zip").write_bytes(bytes(bundle))
+    with pytest.raises(UsageError, match=r"packer_1\.11\.2_linux_amd64\.zip in .* is damaged"):
+        install.extract_verified_binary(tmp_path / "b.zip", artifact, tmp_path / "out" / "packer")
     assert not (tmp_path / "out" / "packer").exists()
 
 

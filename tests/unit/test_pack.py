@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures.disk_images import Package, build_rpmdb
@@ -338,3 +339,35 @@ def test_unreadable_rpmdb(tmp_path: Path) -> None:
     (tmp_path / "work").mkdir()
     with pytest.raises(StepFailed, match=r"cannot read the image's rpm database \(sqlite\)"):
         pack.read_rpmdb(tmp_path / "root", tmp_path / "work")
+
+
+# -- tar | pigz --------------------------------------------------------------------------------
+
+
+def test_pipeline_that_cannot_start_pigz_stops_tar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/data").write_bytes(os.urandom(4 * 1024 * 1024))
+    started: list[subprocess.Popen[Any]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(pack.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(pack, "compressor_command", lambda: [str(tmp_path / "no-pigz")])
+    with pytest.raises(FileNotFoundError):
+        pack._Pipeline(tmp_path / "tree", deadline=1e12)
+    assert len(started) == 1, "tar was not started"
+    assert started[0].returncode is not None, "tar was left running"
+
+
+def test_tool_version_of_a_tool_that_hangs_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hang(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        raise subprocess.TimeoutExpired(command, 1)
+
+    monkeypatch.setattr(diskimage, "run_command", hang)
+    assert diskimage.tool_version(["pigz", "--version"]) == ""

@@ -450,7 +450,7 @@ def test_cli_render_bad_settings_file(tmp_path: Path, capsys: pytest.CaptureFixt
         ]
     )
     assert status == 2
-    assert "expected a JSON object" in capsys.readouterr().err
+    assert f"settings file {settings} must hold a JSON object" in capsys.readouterr().err
 
 
 def test_default_accelerator_and_packer_version(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -277,6 +277,30 @@ def test_config_change_prunes_unconfigured_isos_only_when_releases_are_set(
     assert retention.prune_after_config(layout, [R1], keep_images=1) == [iso]
 
 
+def test_every_log_suffix_names_a_job_log() -> None:
+    for suffix in retention.LOG_SUFFIXES:
+        match = retention.JOB_LOG_NAME.match(f"build-{R1}-x86_64-20260101T000000Z-2{suffix}")
+        assert match is not None, suffix
+        assert match.group("id") == f"build-{R1}-x86_64-20260101T000000Z-2"
+        assert (match.group("release"), match.group("arch")) == (R1, "x86_64")
+    assert retention.JOB_LOG_NAME.match(f"build-{R1}-x86_64-20260101T000000Z.json") is None
+
+
+def test_config_change_lists_the_jobs_once(
+    layout: StateLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[StateLayout] = []
+    real = jobs.list_jobs
+
+    def counted(layout: StateLayout, **kwargs: object) -> list[jobs.JobState]:
+        calls.append(layout)
+        return real(layout)
+
+    monkeypatch.setattr(jobs, "list_jobs", counted)
+    retention.prune_after_config(layout, [R1], keep_images=1)
+    assert calls == [layout]
+
+
 def test_keep_must_be_positive(layout: StateLayout) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         retention.prune_images(layout, keep=0)

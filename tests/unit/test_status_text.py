@@ -188,10 +188,18 @@ def test_a_running_job_wins_over_a_failure(tmp_path: Path) -> None:
     assert result.level == "maintenance"
 
 
-def test_blocked_reason_wins() -> None:
-    assert status(blocked_reason="KVM unavailable", jobs=[make_job()]) == UnitStatus(
-        "blocked", "KVM unavailable"
+def test_a_unit_that_cannot_build_is_blocked_even_while_a_job_runs() -> None:
+    statuses = charm_statuses(
+        install_error="",
+        tools_installed=True,
+        kvm_usable=False,
+        schedule_error="",
+        maas=[],
+        work=status(jobs=[make_job()]),
+        maas_text="no MAAS configured",
     )
+    assert statuses[0] == UnitStatus("blocked", KVM_UNAVAILABLE)
+    assert statuses[1].level == "maintenance"
 
 
 def test_queued_without_running_job(tmp_path: Path) -> None:

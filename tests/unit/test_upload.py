@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures.maas_double import API_PREFIX, MaasDouble
 
-from openeuler_image_builder import catalogue, maas
+from openeuler_image_builder import catalogue, maas, pack
 from openeuler_image_builder.errors import StepFailed, UsageError
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
@@ -324,7 +324,7 @@ def test_sha256_mismatch_reports_maas_text_and_the_cause(
     maas_double: MaasDouble, maas_test_image: Callable[..., Path]
 ) -> None:
     tarball = maas_test_image(size=9 * MiB)
-    manifest = maas.manifest_path_for(tarball)
+    manifest = pack.manifest_path_for(tarball)
     data = json.loads(manifest.read_text())
     data["sha256"] = "0" * 64  # a manifest that does not belong to this tarball
     manifest.write_text(json.dumps(data))
@@ -464,7 +464,7 @@ def test_a_manifest_older_than_the_tarball_is_not_trusted(
     maas_double: MaasDouble, maas_test_image: Callable[..., Path]
 ) -> None:
     tarball = maas_test_image(size=MiB)
-    manifest = maas.manifest_path_for(tarball)
+    manifest = pack.manifest_path_for(tarball)
     data = json.loads(manifest.read_text())
     data["sha256"] = "f" * 64
     manifest.write_text(json.dumps(data))
@@ -482,7 +482,7 @@ def test_manifest_size_disagreeing_with_the_file_is_bad_input(
     tarball = maas_test_image(size=MiB)
     with tarball.open("ab") as handle:
         handle.write(b"x")
-    os.utime(maas.manifest_path_for(tarball))  # keep the manifest the newer file
+    os.utime(pack.manifest_path_for(tarball))  # keep the manifest the newer file
     with client_for(maas_double) as client, pytest.raises(UsageError) as caught:
         maas.upload_image(client, tarball, release=RELEASE, arch="x86_64")
     assert f"is {MiB + 1} bytes but its manifest says {MiB}" in str(caught.value)

@@ -12,18 +12,33 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from openeuler_image_builder import __version__, catalogue
 from openeuler_image_builder.catalogue import Arch
 from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
+from openeuler_image_builder.jobs import load_settings_file  # (cli.jobs shadows `jobs`)
+from openeuler_image_builder.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
+
+# CLI flag of each settings field a flag can override (for error messages).
+SETTINGS_FLAGS = {
+    "mirror_url": "--mirror",
+    "disk_size": "--disk-size",
+    "build_memory": "--memory",
+    "build_cpus": "--cpus",
+    "extra_packages": "--extra-packages",
+    "include_updates": "--no-updates",
+    "maas_name_scheme": "--name-scheme",
+    "maas_url": "--maas-url",
+}
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -58,6 +73,27 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         sys.stdout.write("\n")
     elif text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def load_settings(settings_file: Path | None, overrides: Mapping[str, Any]) -> Settings:
+    """The ``--settings`` file (else the defaults) with the options' ``overrides`` applied.
+
+    Raises:
+        UsageError: a bad file or value, naming the option and the accepted form.
+    """
+    base = load_settings_file(settings_file) if settings_file else Settings()
+    if not overrides:
+        return base
+    try:
+        return Settings.from_mapping({**base.model_dump(), **overrides})
+    except UsageError as error:
+        message = str(error)
+        for field in overrides:
+            if field in SETTINGS_FLAGS:
+                message = message.replace(
+                    f"config option {field.replace('_', '-')}=", f"{SETTINGS_FLAGS[field]} "
+                )
+        raise UsageError(message) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,10 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_USAGE
-    except Cancelled as error:
-        sys.stderr.write(f"error: {error}\n")
-        return EXIT_FAILED
-    except StepFailed as error:
+    except (StepFailed, Cancelled) as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -9,8 +9,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import build, catalogue, images, jobs, maas, packer, retention
-from openeuler_image_builder.cli import add_json_option, add_target_options, emit, target_arch
+from openeuler_image_builder import (
+    build,
+    catalogue,
+    images,
+    install,
+    jobs,
+    maas,
+    packer,
+    retention,
+)
+from openeuler_image_builder.cli import (
+    add_json_option,
+    add_target_options,
+    emit,
+    load_settings,
+    target_arch,
+)
 from openeuler_image_builder.cli.jobs import execute_job, log_reporter
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import StateLayout
@@ -20,17 +35,6 @@ from openeuler_image_builder.settings import Settings, resolve_accelerator
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = "3h"
-# CLI flag of each settings field a flag can override (for error messages).
-_FLAGS = {
-    "mirror_url": "--mirror",
-    "disk_size": "--disk-size",
-    "build_memory": "--memory",
-    "build_cpus": "--cpus",
-    "extra_packages": "--extra-packages",
-    "include_updates": "--no-updates",
-    "maas_name_scheme": "--name-scheme",
-    "maas_url": "--maas-url",
-}
 
 
 def register(subparsers: Any) -> None:
@@ -125,7 +129,6 @@ def build_settings(args: argparse.Namespace) -> Settings:
     Raises:
         UsageError: a bad file or option value, naming the option and the accepted form.
     """
-    base = jobs.load_settings_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
     if args.mirror is not None:
         overrides["mirror_url"] = args.mirror
@@ -143,16 +146,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["maas_name_scheme"] = args.name_scheme
     if args.maas_url is not None:
         overrides["maas_url"] = args.maas_url
-    if not overrides:
-        return base
-    try:
-        return Settings.from_mapping({**base.model_dump(), **overrides})
-    except UsageError as error:
-        message = str(error)
-        for field, flag in _FLAGS.items():
-            if field in overrides:
-                message = message.replace(f"config option {field.replace('_', '-')}=", f"{flag} ")
-        raise UsageError(message) from None
+    return load_settings(args.settings, overrides)
 
 
 def build_request(
@@ -168,7 +162,9 @@ def build_request(
         )
     if args.sha256 and args.iso is None:
         raise UsageError("--sha256 goes with --iso: give the local ISO it checks")
-    accelerator = resolve_accelerator(args.accelerator or settings.accelerator, build.kvm_usable())
+    accelerator = resolve_accelerator(
+        args.accelerator or settings.accelerator, install.check_kvm().usable
+    )
     if accelerator == "kvm" and arch != catalogue.host_arch():
         raise UsageError(
             f"KVM cannot run an {arch} guest on this {catalogue.host_arch()} machine: "
@@ -196,17 +192,7 @@ def maas_client(args: argparse.Namespace, settings: Settings) -> maas.MaasClient
     """
     if not args.upload:
         return None
-    url, key = maas.connection_settings(
-        url=args.maas_url, key_file=args.api_key_file, default_url=settings.maas_url
-    )
-    if not url:
-        raise UsageError("--upload needs the MAAS URL: pass --maas-url or set MAAS_URL")
-    if not key:
-        raise UsageError(
-            f"--upload needs a MAAS API key: set {maas.API_KEY_ENV}, or give a file only you "
-            f"can read with --api-key-file or {maas.API_KEY_FILE_ENV}"
-        )
-    return maas.MaasClient(url, key, ca_certificate=settings.maas_ca_certificate or None)
+    return build.connect_maas(settings, url=args.maas_url, key_file=args.api_key_file)
 
 
 def _summary(result: build.BuildResult) -> str:

@@ -7,13 +7,12 @@ README's standalone set-up and a charm unit end up with the same packages, Packe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder.cli import EXIT_OK, add_json_option, emit
+from openeuler_image_builder.cli import EXIT_OK, add_json_option, emit, load_settings
 from openeuler_image_builder.errors import UsageError
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.settings import Settings
@@ -68,19 +67,12 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    values: dict[str, Any] = {}
-    if args.settings:
-        try:
-            values = json.loads(args.settings.read_text())
-        except (OSError, ValueError) as error:
-            raise UsageError(f"cannot read settings from {args.settings}: {error}") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"{args.settings} does not hold a JSON object of settings")
+    overrides: dict[str, Any] = {}
     if args.packer_version:
-        values["packer_version"] = args.packer_version
+        overrides["packer_version"] = args.packer_version
     if args.qemu_plugin_version:
-        values["qemu_plugin_version"] = args.qemu_plugin_version
-    return Settings.from_mapping(values)
+        overrides["qemu_plugin_version"] = args.qemu_plugin_version
+    return load_settings(args.settings, overrides)
 
 
 def run_setup_host(args: argparse.Namespace) -> int:

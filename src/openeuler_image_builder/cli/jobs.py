@@ -8,7 +8,6 @@ progress, its end (succeeded, failed, cancelled) in the state file, and dispatch
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import signal
 import sys
@@ -17,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import cancellation, catalogue, images, jobs, maas
+from openeuler_image_builder import build, cancellation, catalogue, jobs, maas
 from openeuler_image_builder.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_option, emit
 from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
 from openeuler_image_builder.paths import StateLayout
 from openeuler_image_builder.progress import MultiReporter, Reporter
 from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,11 @@ def run_cancel(args: argparse.Namespace) -> int:
         job = jobs.find_job(layout, args.job_id)
     elif args.release:
         release = catalogue.resolve(args.release)
+        arch = None if args.arch is None else catalogue.resolve_arch(args.arch)
         running = [
             job
             for job in jobs.list_jobs(layout, release=release.name)
-            if job.running and (args.arch is None or job.arch == catalogue.resolve_arch(args.arch))
+            if job.running and (arch is None or job.arch == arch)
         ]
         if not running:
             raise UsageError(
@@ -134,7 +135,7 @@ def log_reporter(step: float = 10.0) -> Reporter:
         ):
             return
         last[phase] = percent
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
+        stamp = utc_now().strftime("%H:%M:%S")
         figure = "" if percent is None else f" {percent:.0f}%"
         sys.stdout.write(f"{stamp} {phase}{figure} {detail}".rstrip() + "\n")
         sys.stdout.flush()
@@ -213,15 +214,13 @@ def run_upload_job(args: argparse.Namespace) -> int:
         if not key:
             raise UsageError(f"upload needs the MAAS API key file ({maas.API_KEY_FILE_ENV})")
         started = time.monotonic()
-        with (
-            images.hold_image(tarball.parent),
-            maas.MaasClient(
-                url, key, ca_certificate=settings.maas_ca_certificate or None
-            ) as client,
-        ):
-            result = maas.upload_image(
+        with maas.MaasClient(
+            url, key, ca_certificate=settings.maas_ca_certificate or None
+        ) as client:
+            result = build.upload_to_maas(
                 client,
                 tarball,
+                layout=StateLayout(),
                 release=release,
                 arch=arch,
                 scheme=settings.maas_name_scheme,
@@ -229,8 +228,6 @@ def run_upload_job(args: argparse.Namespace) -> int:
                 title=args.title,
                 progress=reporter,
             )
-            if images.is_in_store(StateLayout(), tarball.parent):
-                images.record_upload(tarball.parent, result.store_record(client.url))
         sys.stdout.write(result.message + "\n")
         return {
             "uploaded": True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from openeuler_image_builder.cli import (
     add_json_option,
     add_target_options,
     emit,
+    load_settings,
     target_arch,
 )
 from openeuler_image_builder.errors import UsageError
@@ -126,20 +126,7 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    values: dict[str, Any] = {}
-    if args.settings is not None:
-        try:
-            loaded = json.loads(args.settings.read_text())
-        except (OSError, ValueError) as error:
-            raise UsageError(
-                f"--settings {args.settings}: cannot read a JSON object ({error})"
-            ) from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"--settings {args.settings}: expected a JSON object of options")
-        values.update(loaded)
-    if args.mirror is not None:
-        values["mirror_url"] = args.mirror
-    return Settings.from_mapping(values)
+    return load_settings(args.settings, {} if args.mirror is None else {"mirror_url": args.mirror})
 
 
 def _firmware(args: argparse.Namespace) -> render.FirmwarePaths | None:
