@@ -458,7 +458,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
     def _follow(self, event: ops.ActionEvent, job: jobs.JobState, results: dict[str, Any]) -> None:
         event.log(results["message"])
         final = status_text.follow_job(
-            lambda: jobs.find_job(self.layout, job.id), event.log, poll_interval=WAIT_POLL_SECONDS
+            lambda: self._starter.find_job(job.id), event.log, poll_interval=WAIT_POLL_SECONDS
         )
         lines = jobs.log_tail(final, 10) if final.result == "failed" else []
         results["job"] = status_text.job_result(final, log_lines=lines)

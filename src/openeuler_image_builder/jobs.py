@@ -707,17 +707,21 @@ def active_job(
     return None
 
 
-def find_job(layout: StateLayout, job_id: str) -> JobState:
-    """The job with id ``job_id`` (liveness checked as in ``list_jobs``).
+def find_job(
+    layout: StateLayout, job_id: str, *, launchers: Mapping[str, Launcher] | None = None
+) -> JobState:
+    """The job with id ``job_id``, liveness checked as in ``list_jobs`` (only this job's).
 
     Raises:
         UsageError: there is no such job; the message lists the known ids.
     """
-    jobs = list_jobs(layout)
-    for job in jobs:
-        if job.id == job_id:
-            return job
-    known = ", ".join(job.id for job in jobs[:10]) or "none"
+    path = job_state_path(layout, job_id)
+    if "/" not in job_id and path.is_file():
+        job = read_job_state(path)
+        if job.running and _is_alive(job, launchers) is False:
+            job = _record_death(path, job)
+        return job
+    known = ", ".join(job.id for job in list_jobs(layout, launchers=launchers)[:10]) or "none"
     raise UsageError(f"no job {job_id!r}: known jobs (newest first): {known}")
 
 
@@ -879,6 +883,10 @@ class JobStarter:
     def list_jobs(self) -> list[JobState]:
         """``list_jobs``, liveness checked by this starter's launcher."""
         return list_jobs(self.layout, launchers={self.launcher.name: self.launcher})
+
+    def find_job(self, job_id: str) -> JobState:
+        """``find_job``, liveness checked by this starter's launcher."""
+        return find_job(self.layout, job_id, launchers={self.launcher.name: self.launcher})
 
     def _start(
         self,

@@ -335,6 +335,28 @@ def test_dead_unit_is_reported_failed_with_its_log_tail(layout: StateLayout) -> 
     assert len(systemd.calls) == calls
 
 
+def test_find_job_reads_one_job_and_checks_only_its_liveness(layout: StateLayout) -> None:
+    systemd = FakeSystemd()
+    launcher = jobs.SystemdLauncher(runner=systemd)
+    launchers: dict[str, jobs.Launcher] = {"systemd": launcher}
+    older = jobs.start_build_job(layout, RELEASE, "x86_64", upload=False, launcher=launcher)
+    other = jobs.start_build_job(layout, RELEASE, "aarch64", upload=False, launcher=launcher)
+    calls = len(systemd.calls)
+    assert jobs.find_job(layout, older.id, launchers=launchers).running
+    assert len(systemd.calls) == calls + 1  # one liveness check: the other job is not asked
+    del systemd.active[older.unit or ""]
+    found = jobs.find_job(layout, older.id, launchers=launchers)
+    assert found.result == "failed" and found.error is not None and "is gone" in found.error
+    assert jobs.read_job_state(jobs.job_state_path(layout, older.id)).result == "failed"
+    with pytest.raises(UsageError) as refused:
+        jobs.find_job(layout, "no-such-job", launchers=launchers)
+    prefix = "no job 'no-such-job': known jobs (newest first): "
+    assert str(refused.value).startswith(prefix)
+    assert sorted(str(refused.value)[len(prefix) :].split(", ")) == sorted([other.id, older.id])
+    with pytest.raises(UsageError, match=r"no job '\.\./jobs/"):
+        jobs.find_job(layout, f"../jobs/{older.id}", launchers=launchers)
+
+
 def test_unit_reused_by_another_pid_means_the_job_died(layout: StateLayout) -> None:
     systemd = FakeSystemd()
     launcher = jobs.SystemdLauncher(runner=systemd)
