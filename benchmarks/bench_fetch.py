@@ -39,8 +39,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from fixtures.http_server import LoopbackHTTPServer, serve_in_subprocess  # noqa: E402
 
-from openeuler_image_builder import catalogue, iso  # noqa: E402
-from openeuler_image_builder.errors import StepFailed  # noqa: E402
+from openeuler_image_builder.core import catalogue  # noqa: E402
+from openeuler_image_builder.core.errors import StepFailed  # noqa: E402
+from openeuler_image_builder.pipeline import iso  # noqa: E402
 
 MiB = 1024 * 1024
 RELEASE = catalogue.resolve("24.03-LTS-SP1")

@@ -45,7 +45,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from fixtures.disk_images import make_disk_image, make_root_tree  # noqa: E402
 
-from openeuler_image_builder import diskimage, pack  # noqa: E402
+from openeuler_image_builder.pipeline import diskimage, pack  # noqa: E402
 
 MiB = 1024 * 1024
 HOST_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/python3.11", "/usr/include")

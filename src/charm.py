@@ -22,12 +22,15 @@ import pydantic
 from charms.openeuler_image_builder.v0.maas_controller import MaasControllerRequirer
 
 import charm_state
-from openeuler_image_builder import (
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings, describe_validation_error
+from openeuler_image_builder.host import install
+from openeuler_image_builder.unit import (
     action_params,
-    catalogue,
     fleet,
     history,
-    install,
     inventory,
     jobs,
     retention,
@@ -35,9 +38,6 @@ from openeuler_image_builder import (
     status_text,
     work,
 )
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings, describe_validation_error
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,13 @@ from typing import Any, Literal
 import ops
 from charms.openeuler_image_builder.v0.maas_controller import MaasEndpoint
 
-from openeuler_image_builder import action_params, files, fleet, install, maas, status_text
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.settings import Settings
-from openeuler_image_builder.timestamps import format_utc, utc_now
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.core.timestamps import format_utc, utc_now
+from openeuler_image_builder.host import install
+from openeuler_image_builder.unit import action_params, fleet, status_text
 
 logger = logging.getLogger(__name__)
 

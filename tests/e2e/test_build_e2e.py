@@ -23,9 +23,10 @@ from fixtures.standin_iso import E2E_ARCH, E2E_RELEASE
 from fixtures.standin_runs import E2EBuild, E2EJobBuild, leftovers
 
 from e2e.standin.builder import DEFAULT_CLOUD_INIT
-from openeuler_image_builder import render, retention, verify
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render, verify
+from openeuler_image_builder.unit import retention
 
 pytestmark = pytest.mark.e2e
 

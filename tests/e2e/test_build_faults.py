@@ -32,8 +32,8 @@ from fixtures.standin_runs import (
 )
 
 from e2e.standin.builder import StandinIso
-from openeuler_image_builder import jobs
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.unit import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,9 @@ from fixtures.standin_iso import E2E_ARCH, E2E_RELEASE
 from fixtures.standin_runs import E2EJobBuild
 from ops import testing
 
-from openeuler_image_builder import jobs, maas
-from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder import maas
+from openeuler_image_builder.core.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.unit import jobs
 
 pytestmark = pytest.mark.e2e
 

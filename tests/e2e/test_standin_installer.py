@@ -19,8 +19,10 @@ import pytest
 
 from e2e.standin import builder
 from e2e.standin.builder import KickstartContract
-from openeuler_image_builder import catalogue, pack, packer, render, verify
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.backends.vm import packer
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import pack, render, verify
 
 STANDIN = Path(builder.__file__).parent
 LIBRARY = STANDIN / "installer-lib.sh"

@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 from fixtures.charm_ops import make_job
 
-from openeuler_image_builder import catalogue
-from openeuler_image_builder.action_params import (
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.settings import KVM_UNAVAILABLE
+from openeuler_image_builder.unit.action_params import (
     BuildImageParams,
     BuildStatusParams,
     CancelBuildParams,
@@ -20,8 +22,6 @@ from openeuler_image_builder.action_params import (
     missing_maas_config,
     running_job_for,
 )
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.settings import KVM_UNAVAILABLE
 
 
 def test_release_aliases_resolve() -> None:

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from openeuler_image_builder import action_params
+from openeuler_image_builder.unit import action_params
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTIONS: dict[str, Any] = yaml.safe_load((ROOT / "actions.yaml").read_text())

@@ -25,10 +25,13 @@ import pytest
 from fixtures.maas_double import MaasDouble
 from fixtures.standin_packer import StandinPacker
 
-from openeuler_image_builder import build, catalogue, images, jobs, locks, maas, retention
-from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import Cancelled, StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import build, images, locks
+from openeuler_image_builder.unit import jobs, retention
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 
@@ -309,7 +312,7 @@ def test_second_build_of_the_same_release_is_refused(env: BuildEnv) -> None:
             "-c",
             "import sys, time; from pathlib import Path; "
             "from openeuler_image_builder import locks; "
-            "from openeuler_image_builder.paths import StateLayout; "
+            "from openeuler_image_builder.core.paths import StateLayout; "
             "cm = locks.build_lock(StateLayout(Path(sys.argv[1])), sys.argv[2], 'x86_64', "
             "job_id='build-job-1'); cm.__enter__(); print('held', flush=True); time.sleep(60)",
             str(env.layout.root),

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from fixtures.standin_packer import StandinPacker
 
-from openeuler_image_builder import cancellation, packer
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.backends.vm import packer
+from openeuler_image_builder.core import cancellation
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
 
 TEMPLATE = """
 source "qemu" "openeuler" {
@@ -230,7 +231,7 @@ def test_packer_dies_with_the_build_process(tmp_path: Path, standin_packer: Stan
 import sys
 from pathlib import Path
 from openeuler_image_builder import packer
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.core.paths import StateLayout
 layout = StateLayout(Path({str(tmp_path / "state")!r})); layout.ensure()
 work = Path({str(tmp_path / "work")!r}); work.mkdir()
 run = packer.PackerRun([{str(standin_packer.packer)!r}, "build", "."], cwd=Path({str(recipe)!r}),

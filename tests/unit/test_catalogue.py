@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from openeuler_image_builder import catalogue
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
 
 TODAY = datetime.date(2026, 11, 27)
 

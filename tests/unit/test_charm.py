@@ -17,9 +17,10 @@ from fixtures.charm_env import CharmEnv
 from fixtures.charm_ops import make_stored_image
 from ops import testing
 
-from openeuler_image_builder import history, install, jobs
-from openeuler_image_builder.errors import StepFailed
-from openeuler_image_builder.settings import ACCEPTED_FORMS
+from openeuler_image_builder.core.errors import StepFailed
+from openeuler_image_builder.core.settings import ACCEPTED_FORMS
+from openeuler_image_builder.host import install
+from openeuler_image_builder.unit import history, jobs
 
 NO_MAAS = testing.ActiveStatus("ready: no MAAS configured, images are kept locally")
 KVM_BLOCKED = testing.BlockedStatus(

@@ -18,7 +18,7 @@ from fixtures.job_environment import job_environment
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
-from openeuler_image_builder import fleet, history, inventory, jobs
+from openeuler_image_builder.unit import fleet, history, inventory, jobs
 
 UNIT = "openeuler-image-builder/0"
 

@@ -18,7 +18,7 @@ from fixtures.job_environment import environment_file_of, job_environment
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
-from openeuler_image_builder import jobs
+from openeuler_image_builder.unit import jobs
 
 APP = "openeuler-image-builder"
 UNREACHABLE = "http://127.0.0.1:9/MAAS"  # discard port: connection refused

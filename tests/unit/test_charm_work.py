@@ -19,7 +19,7 @@ from fixtures.charm_ops import make_job, make_stored_image
 from fixtures.maas_double import MaasDouble
 from ops import testing
 
-from openeuler_image_builder import fleet, history, inventory, jobs
+from openeuler_image_builder.unit import fleet, history, inventory, jobs
 
 APP = "openeuler-image-builder"
 DAY = datetime.timedelta(days=1)

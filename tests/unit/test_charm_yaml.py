@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHARMCRAFT: dict[str, Any] = yaml.safe_load((ROOT / "charmcraft.yaml").read_text())

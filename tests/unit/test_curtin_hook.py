@@ -17,7 +17,8 @@ import pytest
 from curtin_harness import bootloader_commands, curtin_config, run_hook
 from fixtures.image_trees import OS_RELEASE, make_image_tree
 
-from openeuler_image_builder import catalogue, render
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.pipeline import render
 
 PROFILES = ["21.3", "23.1.1", "release-23.1"]
 SCENARIOS = {

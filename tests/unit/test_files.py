@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder import files
-from openeuler_image_builder.progress import ByteProgress
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.progress import ByteProgress
 
 
 def mode_of(path: Path) -> int:

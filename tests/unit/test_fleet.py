@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from openeuler_image_builder import fleet
-from openeuler_image_builder.fleet import (
+from openeuler_image_builder.unit import fleet
+from openeuler_image_builder.unit.fleet import (
     Assignments,
     PeerDataError,
     PublishedImage,
@@ -42,7 +42,7 @@ def test_assignment_is_the_same_in_another_python_process() -> None:
     names = units(4)
     here = assign(KEYS[:50], names)
     code = (
-        "import json, sys; from openeuler_image_builder.fleet import assign; "
+        "import json, sys; from openeuler_image_builder.unit.fleet import assign; "
         "print(json.dumps(assign(json.loads(sys.argv[1]), json.loads(sys.argv[2]))))"
     )
     completed = subprocess.run(

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from fixtures.charm_ops import NOW, make_job, make_stored_image
 
-from openeuler_image_builder.history import (
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.unit.history import (
     History,
     QueuedBuild,
     same_package_list,
     settings_digest,
 )
-from openeuler_image_builder.inventory import list_local_images, package_list_digest
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.unit.inventory import list_local_images, package_list_digest
 
 MINUTE = datetime.timedelta(minutes=1)
 SP2, SP4 = "24.03-LTS-SP2", "22.03-LTS-SP4"
@@ -346,7 +346,7 @@ def test_scheduled_rebuild_queues_the_share_forced_with_updates(history: History
 
 
 def _held(release: str):
-    from openeuler_image_builder.history import HeldBuild
+    from openeuler_image_builder.unit.history import HeldBuild
 
     return HeldBuild(release, "x86_64", "earlier failure", "t")
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from fixtures.host_setup import GeneratedKey, RecordingSystem, gpg_fingerprints, run_gpg
 
-from openeuler_image_builder import install, openpgp
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.host import install, openpgp
 
 # --- openpgp --------------------------------------------------------------------------------
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from fixtures.charm_ops import NOW, make_job, make_stored_image
 
-from openeuler_image_builder import images
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.inventory import (
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.pipeline import images
+from openeuler_image_builder.unit.inventory import (
     delete_local_image,
     list_local_images,
     manifest_path_for,
     newest_images,
     package_list_digest,
 )
-from openeuler_image_builder.paths import StateLayout
 
 DAY = datetime.timedelta(days=1)
 

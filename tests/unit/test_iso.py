@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from fixtures.http_server import LoopbackHTTPServer
 
-from openeuler_image_builder import catalogue, iso
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.pipeline import iso
 
 RELEASE = catalogue.resolve("24.03-LTS-SP1")
 ARCH: catalogue.Arch = "x86_64"

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from fixtures.job_environment import environment_file_of, job_environment
 
-from openeuler_image_builder import catalogue, images, jobs, locks
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import images, locks
+from openeuler_image_builder.unit import jobs
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 

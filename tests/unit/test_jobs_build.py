@@ -20,8 +20,10 @@ from fixtures.http_server import LoopbackHTTPServer
 from fixtures.maas_double import MaasDouble, write_test_image
 from fixtures.standin_packer import StandinPacker
 
-from openeuler_image_builder import catalogue, images, jobs
-from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.pipeline import images
+from openeuler_image_builder.unit import jobs
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder import jobs
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.unit import jobs
 
 # A job whose work reports progress through the real job frame, then waits (or fails, or ignores
 # SIGTERM). It stands in for the build's work; the frame around it is the real one.
@@ -24,7 +24,7 @@ JOB = """
 import signal, sys, time
 from pathlib import Path
 from openeuler_image_builder.cli.jobs import execute_job, log_reporter
-from openeuler_image_builder.errors import StepFailed
+from openeuler_image_builder.core.errors import StepFailed
 
 mode = sys.argv[2]
 

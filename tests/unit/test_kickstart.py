@@ -12,8 +12,9 @@ from pykickstart.constants import KS_MISSING_PROMPT, KS_SCRIPT_POST, KS_SHUTDOWN
 from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion, stringToVersion
 
-from openeuler_image_builder import catalogue, render
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render
 
 CASES = [(release, arch) for release in catalogue.RELEASES for arch in release.architectures]
 SETTINGS = {

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from fixtures.packer_hcl import qemu_source
 
-from openeuler_image_builder import catalogue, render
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "recipe.md"
 

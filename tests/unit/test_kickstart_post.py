@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from fixtures.image_trees import make_image_tree
 
-from openeuler_image_builder import catalogue, render
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render
 
 pytestmark = [
     pytest.mark.needs_root,

@@ -12,7 +12,7 @@ import pytest
 from fixtures.maas_double import MaasDouble
 
 from openeuler_image_builder import maas
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core.errors import StepFailed, UsageError
 
 KEY = "Consumer1:Token22:Secret333"
 

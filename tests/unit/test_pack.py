@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fixtures.disk_images import Package, build_rpmdb
 
-from openeuler_image_builder import diskimage, pack
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.pipeline import diskimage, pack
 
 SHA = "ab" * 32
 

@@ -32,9 +32,9 @@ from fixtures.disk_images import (
     snapshot_tree,
 )
 
-from openeuler_image_builder import pack, verify
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.pipeline import pack, verify
 
 pytestmark = [
     pytest.mark.needs_root,

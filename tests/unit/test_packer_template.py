@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from fixtures.packer_hcl import load_hcl, qemu_source
 
-from openeuler_image_builder import catalogue, render
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render
 
 PACKER = shutil.which("packer")
 CASES = [(release, arch) for release in catalogue.RELEASES for arch in release.architectures]

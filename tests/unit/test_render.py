@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder import catalogue, render
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import render
 
 CASES = [(release, arch) for release in catalogue.RELEASES for arch in release.architectures]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder import history, images, jobs, locks, retention
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.pipeline import images, locks
+from openeuler_image_builder.unit import history, jobs, retention
 
 R1, R2 = "24.03-LTS-SP3", "22.03-LTS-SP4"
 

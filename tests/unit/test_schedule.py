@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.schedule import (
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.unit.schedule import (
     CalendarCheck,
     CharmlibsSystemd,
     RebuildTimer,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.settings import (
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.settings import (
     ACCEPTED_FORMS,
     Settings,
     parse_size_mib,

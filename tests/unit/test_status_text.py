@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from fixtures.charm_ops import NOW, make_job, make_stored_image
 
-from openeuler_image_builder import build, packer
-from openeuler_image_builder import jobs as jobs_module
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.fleet import PublishedImage, UnitReport, merge_inventories
-from openeuler_image_builder.history import History
-from openeuler_image_builder.inventory import list_local_images
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import KVM_UNAVAILABLE
-from openeuler_image_builder.status_text import (
+from openeuler_image_builder.backends.vm import packer
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import KVM_UNAVAILABLE
+from openeuler_image_builder.pipeline import build
+from openeuler_image_builder.unit import jobs as jobs_module
+from openeuler_image_builder.unit.fleet import PublishedImage, UnitReport, merge_inventories
+from openeuler_image_builder.unit.history import History
+from openeuler_image_builder.unit.inventory import list_local_images
+from openeuler_image_builder.unit.status_text import (
     RESULT_KEY,
     UnitStatus,
     active_message,

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from openeuler_image_builder.timestamps import (
+from openeuler_image_builder.core.timestamps import (
     format_duration,
     format_utc,
     parse_utc,

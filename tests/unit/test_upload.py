@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from fixtures.maas_double import API_PREFIX, MaasDouble
 
-from openeuler_image_builder import catalogue, maas, pack
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.pipeline import pack
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 MiB = 1024 * 1024

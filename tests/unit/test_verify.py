@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fixtures.image_trees import BREAKS, NOT_APPLICABLE, make_image_tree, write_image_tarball
 
-from openeuler_image_builder import verify
 from openeuler_image_builder.cli import main
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.pipeline import verify
 
 BROKEN = [
     (code, arch)

@@ -14,10 +14,12 @@ from fixtures.charm_env import SystemdRunner, state_path_of
 from fixtures.charm_ops import NOW, make_job, make_stored_image
 from fixtures.maas_double import MaasDouble
 
-from openeuler_image_builder import catalogue, history, jobs, maas, work
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.unit import history, jobs, work
 
 SP4, SP3 = "24.03-LTS-SP4", "22.03-LTS-SP4"
 HOUR = datetime.timedelta(hours=1)

@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from openeuler_image_builder import __version__, catalogue
-from openeuler_image_builder.catalogue import Arch
-from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
-from openeuler_image_builder.jobs import load_settings_file  # (cli.jobs shadows `jobs`)
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import __version__
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.catalogue import Arch
+from openeuler_image_builder.core.errors import Cancelled, StepFailed, UsageError
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.unit.jobs import load_settings_file  # (cli.jobs shadows `jobs`)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -99,16 +100,7 @@ def load_settings(settings_file: Path | None, overrides: Mapping[str, Any]) -> S
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every subcommand registered."""
     # Imported here: the submodules import helpers from this package.
-    from openeuler_image_builder.cli import (  # noqa: PLC0415
-        build,
-        host,
-        iso,
-        jobs,
-        maas,
-        pack,
-        recipe,
-        releases,
-    )
+    from openeuler_image_builder.cli import build, host, iso, jobs, maas, pack, recipe, releases  # noqa: PLC0415
 
     parser = OneLineArgumentParser(
         prog="openeuler-image-builder",

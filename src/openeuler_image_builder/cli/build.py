@@ -9,16 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import (
-    build,
-    catalogue,
-    images,
-    install,
-    jobs,
-    maas,
-    packer,
-    retention,
-)
+from openeuler_image_builder import maas
+from openeuler_image_builder.backends.vm import packer
 from openeuler_image_builder.cli import (
     add_json_option,
     add_target_options,
@@ -27,10 +19,14 @@ from openeuler_image_builder.cli import (
     target_arch,
 )
 from openeuler_image_builder.cli.jobs import execute_job, log_reporter
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import MultiReporter, Reporter, TerminalBar
-from openeuler_image_builder.settings import Settings, resolve_accelerator
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.progress import MultiReporter, Reporter, TerminalBar
+from openeuler_image_builder.core.settings import Settings, resolve_accelerator
+from openeuler_image_builder.host import install
+from openeuler_image_builder.pipeline import build, images
+from openeuler_image_builder.unit import jobs, retention
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder.cli import EXIT_OK, add_json_option, emit, load_settings
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +78,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run_setup_host(args: argparse.Namespace) -> int:
     """Plan, then (unless ``--dry-run``) install; report the KVM check either way."""
     # Imported here: charmlibs-apt (and its tracing) is only worth loading for this command.
-    from openeuler_image_builder import install  # noqa: PLC0415
+    from openeuler_image_builder.host import install  # noqa: PLC0415
 
     for bundle in (args.packer_bundle, args.plugin_bundle):
         if bundle is not None and not bundle.is_file():

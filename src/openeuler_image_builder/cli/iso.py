@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import catalogue, iso
 from openeuler_image_builder.cli import add_json_option, add_target_options, emit, target_arch
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import TerminalBar
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.progress import TerminalBar
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.pipeline import iso
 
 
 def register(subparsers: Any) -> None:

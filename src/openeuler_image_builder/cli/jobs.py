@@ -16,13 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import build, cancellation, catalogue, jobs, maas
+from openeuler_image_builder import maas
 from openeuler_image_builder.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_option, emit
-from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import MultiReporter, Reporter
-from openeuler_image_builder.settings import Settings
-from openeuler_image_builder.timestamps import utc_now
+from openeuler_image_builder.core import cancellation, catalogue
+from openeuler_image_builder.core.errors import Cancelled, StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.progress import MultiReporter, Reporter
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.core.timestamps import utc_now
+from openeuler_image_builder.pipeline import build
+from openeuler_image_builder.unit import jobs
 
 logger = logging.getLogger(__name__)
 

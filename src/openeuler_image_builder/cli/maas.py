@@ -11,10 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import catalogue, maas
+from openeuler_image_builder import maas
 from openeuler_image_builder.cli import add_json_option, emit
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.progress import TerminalBar
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.progress import TerminalBar
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import cancellation, catalogue, pack
 from openeuler_image_builder.cli import add_json_option, emit, target_arch
-from openeuler_image_builder.errors import Cancelled, UsageError
-from openeuler_image_builder.progress import TerminalBar
+from openeuler_image_builder.core import cancellation, catalogue
+from openeuler_image_builder.core.errors import Cancelled, UsageError
+from openeuler_image_builder.core.progress import TerminalBar
+from openeuler_image_builder.pipeline import pack
 
 
 def _partition_number(text: str) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import catalogue, install, render, verify
+from openeuler_image_builder.backends.vm.packer import detect_packer_version
 from openeuler_image_builder.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -18,9 +18,11 @@ from openeuler_image_builder.cli import (
     load_settings,
     target_arch,
 )
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.packer import detect_packer_version
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.host import install
+from openeuler_image_builder.pipeline import render, verify
 
 
 def register(subparsers: Any) -> None:

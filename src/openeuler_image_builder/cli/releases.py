@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from openeuler_image_builder import catalogue
 from openeuler_image_builder.cli import add_json_option, emit
+from openeuler_image_builder.core import catalogue
 
 
 def register(subparsers: Any) -> None:

@@ -38,7 +38,7 @@ from typing import Literal
 
 import jinja2
 
-from openeuler_image_builder.catalogue import Arch, Release
+from openeuler_image_builder.core.catalogue import Arch, Release
 
 ASSETS = Path(__file__).parent
 Variant = Literal["normal", "slow", "never-poweroff"]
@@ -117,7 +117,7 @@ class KickstartContract:
     @classmethod
     def from_recipe(cls) -> KickstartContract:
         """The contract as the recipe module defines it (so the two cannot drift apart)."""
-        from openeuler_image_builder import render
+        from openeuler_image_builder.pipeline import render
 
         return cls(
             marker=KICKSTART_MARKER,

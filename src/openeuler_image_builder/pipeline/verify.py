@@ -40,8 +40,8 @@ import zlib
 from pathlib import Path
 from typing import Protocol
 
-from openeuler_image_builder.catalogue import Arch
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core.catalogue import Arch
+from openeuler_image_builder.core.errors import UsageError
 
 EFI_DIRECTORY = "boot/efi/EFI/openEuler"
 EFI_BINARIES: dict[Arch, tuple[str, ...]] = {

@@ -24,25 +24,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from openeuler_image_builder import (
-    __version__,
-    cancellation,
-    files,
-    images,
-    install,
-    iso,
-    locks,
-    maas,
-    pack,
-    packer,
-    render,
-    retention,
-)
-from openeuler_image_builder.catalogue import Arch, NameScheme, Release
-from openeuler_image_builder.errors import Cancelled, StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import Reporter, null_reporter
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import __version__, maas
+from openeuler_image_builder.backends.vm import packer
+from openeuler_image_builder.core import cancellation, files
+from openeuler_image_builder.core.catalogue import Arch, NameScheme, Release
+from openeuler_image_builder.core.errors import Cancelled, StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.progress import Reporter, null_reporter
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.host import install
+from openeuler_image_builder.pipeline import images, iso, locks, pack, render
+from openeuler_image_builder.unit import retention
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Start a command fully detached from the caller (used by ``jobs.ProcessLauncher``).
 
-Run as ``python -m openeuler_image_builder._detach --log FILE --cwd DIR -- ARGV...``. This
+Run as ``python -m openeuler_image_builder.core.processes --log FILE --cwd DIR -- ARGV...``. This
 short-lived intermediate starts ARGV in a new session with stdin from /dev/null and stdout and
 stderr appended to FILE, prints ``<pid> <start time>`` of the started process, and exits at once.
 The started process is then re-parented to init (or the nearest subreaper), so it outlives a

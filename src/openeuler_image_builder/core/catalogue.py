@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core.errors import UsageError
 
 Arch = Literal["x86_64", "aarch64"]
 ARCHES: tuple[Arch, ...] = ("x86_64", "aarch64")

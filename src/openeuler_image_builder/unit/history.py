@@ -39,21 +39,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from openeuler_image_builder import files
-from openeuler_image_builder.inventory import (
-    LocalImage,
-    manifest_packages_digest,
-    manifest_path_for,
-    read_manifest,
-)
-from openeuler_image_builder.jobs import JobState
-from openeuler_image_builder.settings import Settings
-from openeuler_image_builder.timestamps import (
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.core.timestamps import (
     format_utc,
     parse_utc_or_none,
     seconds_between,
     utc_now,
 )
+from openeuler_image_builder.unit.inventory import (
+    LocalImage,
+    manifest_packages_digest,
+    manifest_path_for,
+    read_manifest,
+)
+from openeuler_image_builder.unit.jobs import JobState
 
 logger = logging.getLogger(__name__)
 

@@ -33,14 +33,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from openeuler_image_builder import files, images, locks
-from openeuler_image_builder._detach import proc_stat, process_start_time, start_time
-from openeuler_image_builder.catalogue import Arch, Release
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.catalogue import Arch, Release
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import STATE_DIR_ENV, StateLayout
+from openeuler_image_builder.core.processes import proc_stat, process_start_time, start_time
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.core.timestamps import format_utc, parse_utc_or_none, utc_now
 from openeuler_image_builder.maas import API_KEY_FILE_ENV
-from openeuler_image_builder.paths import STATE_DIR_ENV, StateLayout
-from openeuler_image_builder.settings import Settings
-from openeuler_image_builder.timestamps import format_utc, parse_utc_or_none, utc_now
+from openeuler_image_builder.pipeline import images, locks
 
 logger = logging.getLogger(__name__)
 
@@ -558,7 +559,7 @@ class ProcessLauncher:
         return [
             self.python,
             "-m",
-            "openeuler_image_builder._detach",
+            "openeuler_image_builder.core.processes",
             "--log",
             str(spec.log_path),
             "--cwd",

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import pydantic
 
-from openeuler_image_builder import catalogue
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
 
 Accelerator = Literal["auto", "kvm", "tcg"]
 

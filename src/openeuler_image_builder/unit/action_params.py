@@ -12,10 +12,10 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from openeuler_image_builder import catalogue
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.jobs import JobState
-from openeuler_image_builder.settings import KVM_UNAVAILABLE
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.settings import KVM_UNAVAILABLE
+from openeuler_image_builder.unit.jobs import JobState
 
 _MAAS_NAME = re.compile(r"^(?:(custom|rhel)/)?[a-z0-9][a-z0-9._-]*$")
 MAX_TITLE = 100

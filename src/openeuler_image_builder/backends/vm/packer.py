@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from openeuler_image_builder import maas
-from openeuler_image_builder._detach import proc_stat, start_time
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.jobs import process_alive
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import Reporter
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.processes import proc_stat, start_time
+from openeuler_image_builder.core.progress import Reporter
+from openeuler_image_builder.unit.jobs import process_alive
 
 logger = logging.getLogger(__name__)
 

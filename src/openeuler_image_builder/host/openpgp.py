@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import re
 
-from openeuler_image_builder.errors import UsageError
+from openeuler_image_builder.core.errors import UsageError
 
 _ARMOR_BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _ARMOR_END = "-----END PGP PUBLIC KEY BLOCK-----"

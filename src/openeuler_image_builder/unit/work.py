@@ -14,10 +14,12 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
-from openeuler_image_builder import catalogue, history, inventory, jobs, maas, retention
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.unit import history, inventory, jobs, retention
 
 logger = logging.getLogger(__name__)
 

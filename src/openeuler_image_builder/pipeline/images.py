@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openeuler_image_builder import files, locks
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.timestamps import utc_now
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.timestamps import utc_now
+from openeuler_image_builder.pipeline import locks
 
 if TYPE_CHECKING:
-    from openeuler_image_builder.settings import Settings
+    from openeuler_image_builder.core.settings import Settings
 
 IN_USE_FILE = ".in-use"
 UPLOAD_RECORD = "maas-upload.json"

@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from openeuler_image_builder import catalogue, history, images, jobs, locks
-from openeuler_image_builder.paths import StateLayout
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.pipeline import images, locks
+from openeuler_image_builder.unit import history, jobs
 
 logger = logging.getLogger(__name__)
 

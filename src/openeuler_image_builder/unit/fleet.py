@@ -27,10 +27,10 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openeuler_image_builder import catalogue
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.inventory import LocalImage
-from openeuler_image_builder.timestamps import parse_utc_or_none
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.timestamps import parse_utc_or_none
+from openeuler_image_builder.unit.inventory import LocalImage
 
 PEER_RELATION = "builders"
 ASSIGNMENTS_KEY = "assignments"

@@ -16,16 +16,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from openeuler_image_builder.fleet import FleetImage
-from openeuler_image_builder.history import BuildRecord, History
-from openeuler_image_builder.inventory import LocalImage, newest_images
-from openeuler_image_builder.jobs import JobState
-from openeuler_image_builder.settings import KVM_UNAVAILABLE
-from openeuler_image_builder.timestamps import (
-    format_duration,
-    seconds_between,
-    utc_now,
-)
+from openeuler_image_builder.core.settings import KVM_UNAVAILABLE
+from openeuler_image_builder.core.timestamps import format_duration, seconds_between, utc_now
+from openeuler_image_builder.unit.fleet import FleetImage
+from openeuler_image_builder.unit.history import BuildRecord, History
+from openeuler_image_builder.unit.inventory import LocalImage, newest_images
+from openeuler_image_builder.unit.jobs import JobState
 
 StatusLevel = Literal["active", "maintenance", "waiting", "blocked"]
 ResultValue = str | dict[str, Any]

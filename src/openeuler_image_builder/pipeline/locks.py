@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.timestamps import format_utc, utc_now
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.timestamps import format_utc, utc_now
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from typing import Literal
 
 import jinja2
 
-from openeuler_image_builder import __version__, files
-from openeuler_image_builder.catalogue import Arch, Release, host_arch
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.paths import templates_dir
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder import __version__
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.catalogue import Arch, Release, host_arch
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import templates_dir
+from openeuler_image_builder.core.settings import Settings
 
 Accelerator = Literal["kvm", "tcg"]
 

@@ -39,12 +39,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from openeuler_image_builder import __version__, cancellation, diskimage, files
-from openeuler_image_builder.catalogue import Arch
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.progress import Reporter, null_reporter
-from openeuler_image_builder.timestamps import format_utc, utc_now
-from openeuler_image_builder.verify import Problem, resolve_in_root, verify_tree
+from openeuler_image_builder import __version__
+from openeuler_image_builder.core import cancellation, files
+from openeuler_image_builder.core.catalogue import Arch
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.progress import Reporter, null_reporter
+from openeuler_image_builder.core.timestamps import format_utc, utc_now
+from openeuler_image_builder.pipeline import diskimage
+from openeuler_image_builder.pipeline.verify import Problem, resolve_in_root, verify_tree
 
 logger = logging.getLogger(__name__)
 

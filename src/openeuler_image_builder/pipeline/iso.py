@@ -28,11 +28,12 @@ from typing import BinaryIO
 import requests
 import urllib3.exceptions
 
-from openeuler_image_builder import __version__, files
-from openeuler_image_builder.catalogue import Arch, Release
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.progress import ByteProgress, Reporter, null_reporter
-from openeuler_image_builder.timestamps import format_utc, utc_now
+from openeuler_image_builder import __version__
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.catalogue import Arch, Release
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.progress import ByteProgress, Reporter, null_reporter
+from openeuler_image_builder.core.timestamps import format_utc, utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,12 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from charmlibs import apt
 
-from openeuler_image_builder import files, openpgp
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.progress import Reporter, null_reporter
-from openeuler_image_builder.settings import Settings
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.progress import Reporter, null_reporter
+from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.host import openpgp
 
 logger = logging.getLogger(__name__)
 

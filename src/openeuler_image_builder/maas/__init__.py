@@ -37,12 +37,12 @@ import requests.auth
 import requests.utils
 from requests.adapters import HTTPAdapter
 
-from openeuler_image_builder import files
-from openeuler_image_builder.catalogue import MAAS_ARCHITECTURE, Arch, NameScheme, Release
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.pack import manifest_path_for
-from openeuler_image_builder.progress import ByteProgress, Reporter, null_reporter
-from openeuler_image_builder.timestamps import format_utc, utc_now
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.catalogue import MAAS_ARCHITECTURE, Arch, NameScheme, Release
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.progress import ByteProgress, Reporter, null_reporter
+from openeuler_image_builder.core.timestamps import format_utc, utc_now
+from openeuler_image_builder.pipeline.pack import manifest_path_for
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from openeuler_image_builder._detach import proc_stat
-from openeuler_image_builder.errors import StepFailed, UsageError
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.processes import proc_stat
 
 logger = logging.getLogger(__name__)
 

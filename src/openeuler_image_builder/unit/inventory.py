@@ -19,11 +19,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder import catalogue, images, pack
-from openeuler_image_builder.errors import UsageError
-from openeuler_image_builder.jobs import JobState
-from openeuler_image_builder.paths import StateLayout
-from openeuler_image_builder.timestamps import parse_utc_or_none
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import StateLayout
+from openeuler_image_builder.core.timestamps import parse_utc_or_none
+from openeuler_image_builder.pipeline import images, pack
+from openeuler_image_builder.unit.jobs import JobState
 
 logger = logging.getLogger(__name__)
 

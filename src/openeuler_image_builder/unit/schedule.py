@@ -30,10 +30,10 @@ from typing import Literal, Protocol
 import jinja2
 from charmlibs import systemd as charmlibs_systemd
 
-from openeuler_image_builder import files
-from openeuler_image_builder.errors import StepFailed, UsageError
-from openeuler_image_builder.paths import templates_dir
-from openeuler_image_builder.settings import ACCEPTED_FORMS, Settings
+from openeuler_image_builder.core import files
+from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.paths import templates_dir
+from openeuler_image_builder.core.settings import ACCEPTED_FORMS, Settings
 
 logger = logging.getLogger(__name__)
 
