@@ -51,7 +51,8 @@ ISO_PATH = f"openEuler-{RELEASE.name}/ISO/{ARCH}/{RELEASE.iso_name(ARCH)}"
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from openeuler_image_builder import catalogue, iso
+from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.pipeline import iso
 
 started = time.perf_counter()
 info = iso.fetch_iso(

@@ -45,7 +45,8 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from fixtures.disk_images import make_disk_image, make_root_tree  # noqa: E402
 
-from openeuler_image_builder.pipeline import diskimage, pack  # noqa: E402
+from openeuler_image_builder.core.image_names import manifest_path_for  # noqa: E402
+from openeuler_image_builder.pipeline import diskimage, partitions, tarball  # noqa: E402
 
 MiB = 1024 * 1024
 HOST_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/python3.11", "/usr/include")
@@ -54,7 +55,7 @@ NAME = "openeuler-24.03-LTS-SP1-x86_64.tar.gz"
 CHILD = r"""
 import json, resource, sys, threading, time
 from pathlib import Path
-from openeuler_image_builder import pack
+from openeuler_image_builder.pipeline import pack
 
 def rchar():
     # The main thread's own counter: /proc/self/io also adds the reads of reaped children
@@ -162,7 +163,7 @@ def run_pipeline(root: Path, compressor: list[str], output: Path) -> Run:
     started = time.perf_counter()
     with output.open("wb") as sink:
         tar = subprocess.Popen(
-            pack.tar_command(root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            tarball.tar_command(root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         assert tar.stdout is not None
         compress = subprocess.Popen(compressor, stdin=tar.stdout, stdout=sink)
@@ -189,7 +190,7 @@ class Run:
 
 def baseline(image: Path, compressor: list[str], output: Path) -> Run:
     with diskimage.open_disk(image, method="kernel") as session:
-        table = diskimage.read_partition_table(session.raw_path)
+        table = partitions.read_partition_table(session.raw_path)
         root_partition = next(p for p in table.partitions if p.role != "esp")
         root = session.mount(root_partition, "ext4")
         return run_pipeline(root, compressor, output)
@@ -197,7 +198,7 @@ def baseline(image: Path, compressor: list[str], output: Path) -> Run:
 
 def warm(image: Path) -> None:
     with diskimage.open_disk(image, method="kernel") as session:
-        table = diskimage.read_partition_table(session.raw_path)
+        table = partitions.read_partition_table(session.raw_path)
         root = session.mount(next(p for p in table.partitions if p.role != "esp"), "ext4")
         subprocess.run(["tar", "-cf", "/dev/null", "-C", str(root), "."], check=True, timeout=3600)
 
@@ -214,7 +215,7 @@ def candidate(image: Path, output: Path) -> tuple[float, dict[str, object]]:
     )
     whole = time.perf_counter() - started
     output.unlink()
-    pack.manifest_path_for(output).unlink()
+    manifest_path_for(output).unlink()
     return whole, json.loads(result.stdout)
 
 
@@ -241,7 +242,7 @@ def main() -> int:
     try:
         image = prepare(workdir)
         with diskimage.open_disk(image, method="kernel") as session:
-            table = diskimage.read_partition_table(session.raw_path)
+            table = partitions.read_partition_table(session.raw_path)
             root = session.mount(next(p for p in table.partitions if p.role != "esp"), "ext4")
             usage = os.statvfs(root)
             used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize

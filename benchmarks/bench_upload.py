@@ -48,7 +48,8 @@ def rchar():
             return int(line.split()[1])
     return -1
 
-from openeuler_image_builder import catalogue, maas
+from openeuler_image_builder import maas
+from openeuler_image_builder.core import catalogue
 
 tarball = Path(sys.argv[1])
 key = maas.api_key_from_environment()

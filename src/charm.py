@@ -5,7 +5,7 @@
 
 Thin by design: handlers load the typed config, call the workload package
 (``openeuler_image_builder``, no ops inside) and set the status in one collect-status handler.
-Long work (builds, uploads) runs as background jobs (``jobs.py``); a job tells the charm it
+Long work (builds, uploads) runs as background jobs (``unit/jobs/``); a job tells the charm it
 ended by dispatching the ``build-finished`` event, the rebuild timer dispatches ``rebuild``.
 """
 
@@ -27,6 +27,9 @@ from openeuler_image_builder.core.errors import StepFailed, UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.settings import Settings, describe_validation_error
 from openeuler_image_builder.host import install
+from openeuler_image_builder.host.kvm import check_kvm
+from openeuler_image_builder.host.proxy import proxy_environment
+from openeuler_image_builder.host.system import HostSystem, RealHostSystem
 from openeuler_image_builder.unit import (
     action_params,
     fleet,
@@ -54,9 +57,9 @@ def make_launcher() -> jobs.Launcher:
     return jobs.SystemdLauncher()
 
 
-def host_system() -> install.HostSystem:
+def host_system() -> HostSystem:
     """The host the install changes (tests record instead)."""
-    return install.RealHostSystem()
+    return RealHostSystem()
 
 
 def systemd_layer() -> schedule.SystemdLayer:
@@ -275,7 +278,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
 
     @functools.cached_property
     def _kvm(self) -> bool:
-        kvm = install.check_kvm()
+        kvm = check_kvm()
         if not kvm.usable:
             logger.info("KVM unusable: %s", kvm.reason)
         return kvm.usable
@@ -298,7 +301,7 @@ class OpenEulerImageBuilderCharm(ops.CharmBase):
             settings_file=self.layout.job_settings,
             environment={
                 "PYTHONPATH": charm_state.job_python_path(),
-                **install.proxy_environment(),
+                **proxy_environment(),
             },
         )
 

@@ -29,6 +29,7 @@ from openeuler_image_builder.core.errors import StepFailed, UsageError
 from openeuler_image_builder.core.settings import Settings
 from openeuler_image_builder.core.timestamps import format_utc, utc_now
 from openeuler_image_builder.host import install
+from openeuler_image_builder.host.system import HostSystem
 from openeuler_image_builder.unit import action_params, fleet, status_text
 
 logger = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ def install_tools(
     unit: ops.Unit,
     stored: Any,
     plan: Callable[[], install.InstallPlan],
-    system: Callable[[], install.HostSystem],
+    system: Callable[[], HostSystem],
     *,
     mode: InstallMode,
 ) -> None:

@@ -22,7 +22,8 @@ from e2e.standin.builder import KickstartContract
 from openeuler_image_builder.backends.vm import packer
 from openeuler_image_builder.core import catalogue
 from openeuler_image_builder.core.settings import Settings
-from openeuler_image_builder.pipeline import pack, render, verify
+from openeuler_image_builder.pipeline import render, verify
+from openeuler_image_builder.pipeline.manifest import read_rpmdb
 
 STANDIN = Path(builder.__file__).parent
 LIBRARY = STANDIN / "installer-lib.sh"
@@ -224,7 +225,7 @@ def test_synthetic_root_passes_the_verifier_and_reports_progress(tmp_path: Path)
     # pack reads the image's rpm database with the host's rpm: the same package list.
     work = tmp_path / "pack-work"
     work.mkdir()
-    facts = pack.read_rpmdb(root, work)
+    facts = read_rpmdb(root, work)
     assert facts.packages == packages
     assert facts.cloud_init == (RELEASE.cloud_init or builder.DEFAULT_CLOUD_INIT)
     # The build's own parser turns the stand-in's lines into install progress.

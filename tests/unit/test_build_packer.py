@@ -230,7 +230,7 @@ def test_packer_dies_with_the_build_process(tmp_path: Path, standin_packer: Stan
     script = f"""
 import sys
 from pathlib import Path
-from openeuler_image_builder import packer
+from openeuler_image_builder.backends.vm import packer
 from openeuler_image_builder.core.paths import StateLayout
 layout = StateLayout(Path({str(tmp_path / "state")!r})); layout.ensure()
 work = Path({str(tmp_path / "work")!r}); work.mkdir()

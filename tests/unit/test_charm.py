@@ -19,7 +19,7 @@ from ops import testing
 
 from openeuler_image_builder.core.errors import StepFailed
 from openeuler_image_builder.core.settings import ACCEPTED_FORMS
-from openeuler_image_builder.host import install
+from openeuler_image_builder.host import install, kvm
 from openeuler_image_builder.unit import history, jobs
 
 NO_MAAS = testing.ActiveStatus("ready: no MAAS configured, images are kept locally")
@@ -265,7 +265,7 @@ def test_missing_kvm_blocks_unless_tcg(charm_env: CharmEnv, accelerator: str) ->
 def test_unusable_kvm_blocks(charm_env: CharmEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = charm_env.tmp_path / "kvm-dir"
     directory.mkdir()  # exists, but cannot be opened read/write
-    monkeypatch.setattr(install, "KVM_DEVICE", directory)
+    monkeypatch.setattr(kvm, "KVM_DEVICE", directory)
     ctx = charm_env.ctx()
     out = ctx.run(ctx.on.update_status(), charm_env.state())
     assert out.unit_status == KVM_BLOCKED

@@ -19,6 +19,7 @@ from fixtures.maas_double import MaasDouble
 from ops import testing
 
 from openeuler_image_builder.unit import fleet, history, inventory, jobs
+from openeuler_image_builder.unit.jobs import control
 
 UNIT = "openeuler-image-builder/0"
 
@@ -270,6 +271,9 @@ def test_build_status_reads_history_images_and_jobs_once(
 
     load = history.History.load
     monkeypatch.setattr(history.History, "load", counted("history", load))
+    # The charm lists through its JobStarter, which looks ``list_jobs`` up in jobs.control;
+    # callers outside the package look it up in the facade: count both.
+    monkeypatch.setattr(control, "list_jobs", counted("jobs", control.list_jobs))
     monkeypatch.setattr(jobs, "list_jobs", counted("jobs", jobs.list_jobs))
     images = inventory.list_local_images
     monkeypatch.setattr(inventory, "list_local_images", counted("images", images))

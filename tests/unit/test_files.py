@@ -9,10 +9,11 @@ import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from openeuler_image_builder.core import files
+from openeuler_image_builder.core import files, progress
 from openeuler_image_builder.core.progress import ByteProgress
 
 
@@ -129,3 +130,18 @@ def test_byte_progress_is_throttled_but_always_reports_the_end() -> None:
     fixed = ByteProgress(reporter, "upload", "computing sha256", interval=0)
     fixed(5, None)
     assert seen[-1] == ("upload", None, "computing sha256")
+
+
+def test_byte_progress_reports_first_even_just_after_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The monotonic clock may count from boot: 5 s after it, a 60 s interval has not passed
+    # since 0, yet nothing was reported before, so the first report must go out.
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: 5.0))
+    seen: list[tuple[str, float | None, str]] = []
+
+    def reporter(phase: str, percent: float | None, detail: str = "") -> None:
+        seen.append((phase, percent, detail))
+
+    report = ByteProgress(reporter, "fetch-iso", interval=60)
+    report(2**20, 10 * 2**20)
+    report(2 * 2**20, 10 * 2**20)  # throttled: the same instant
+    assert seen == [("fetch-iso", 10.0, "1/10 MiB")]

@@ -1,9 +1,9 @@
-"""Tests of the host set-up (install.py, openpgp.py, the setup-host command).
+"""Tests of the host set-up (install.py, gpg.py, artifacts.py, system.py, the setup-host command).
 
 The install path runs for real against a recording ``HostSystem``: every package, repository
 file, key and Packer command that would be applied is asserted, nothing is applied to this
-machine. Keys are real OpenPGP keys generated with GnuPG (so the fingerprint code is checked
-against gpg's own answer); bundles are real zips with real SHA256SUMS.
+machine. Keys are real OpenPGP keys generated with GnuPG, read back by gpg in the code under
+test; bundles are real zips with real SHA256SUMS.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,16 +27,44 @@ from openeuler_image_builder.cli import main
 from openeuler_image_builder.core.errors import StepFailed, UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.settings import Settings
-from openeuler_image_builder.host import install, openpgp
+from openeuler_image_builder.host import artifacts, gpg, install, kvm, proxy
+from openeuler_image_builder.host import system as host_system
 
-# --- openpgp --------------------------------------------------------------------------------
+ARMOR_END = b"-----END PGP PUBLIC KEY BLOCK-----\n"
+
+# --- gpg ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("label", ["rsa", "ed25519"])
 def test_fingerprint_agrees_with_gpg(openpgp_keys: dict[str, GeneratedKey], label: str) -> None:
     key = openpgp_keys[label]
-    (parsed,) = openpgp.transferable_keys(key.armored)
-    assert parsed.fingerprint == key.fingerprint
+    assert gpg.fingerprints(key.armored) == [key.fingerprint]
+
+
+def test_subkeys_are_not_primary_keys(tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    try:
+        unlocked = ("--passphrase", "", "--pinentry-mode", "loopback")
+        run_gpg(
+            home,
+            *unlocked,
+            "--quick-gen-key",
+            "Sub <s@example.com>",
+            "ed25519",
+            "default",
+            "never",
+        )
+        primary = gpg_fingerprints(home, run_gpg(home, "--export"))[0]
+        run_gpg(home, *unlocked, "--quick-add-key", primary, "cv25519", "encr", "never")
+        exported = run_gpg(home, "--armor", "--export", primary)
+    finally:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, timeout=30
+        )
+    assert b"-----BEGIN PGP PUBLIC KEY BLOCK-----" in exported
+    assert gpg.fingerprints(exported) == [primary]
+    assert gpg.select_key(exported, primary).fingerprint == primary
 
 
 def test_select_key_keeps_only_the_pinned_key(
@@ -48,8 +77,8 @@ def test_select_key_keeps_only_the_pinned_key(
         openpgp_keys["rsa"].fingerprint,
         openpgp_keys["ed25519"].fingerprint,
     )
-    assert len(openpgp.transferable_keys(both)) == 2
-    chosen = openpgp.select_key(both, openpgp_keys["ed25519"].fingerprint)
+    assert len(gpg.fingerprints(both)) == 2
+    chosen = gpg.select_key(both, openpgp_keys["ed25519"].fingerprint)
     # gpg reads the keyring we would write as exactly one key: the pinned one.
     assert gpg_fingerprints(gnupg_home, chosen.to_bytes()) == [openpgp_keys["ed25519"].fingerprint]
 
@@ -59,21 +88,24 @@ def test_select_key_accepts_spaced_fingerprint_and_binary_input(
 ) -> None:
     binary = run_gpg(gnupg_home, "--export", openpgp_keys["rsa"].fingerprint)
     spaced = " ".join(openpgp_keys["rsa"].fingerprint[i : i + 4] for i in range(0, 40, 4)).lower()
-    assert openpgp.select_key(binary, spaced).fingerprint == openpgp_keys["rsa"].fingerprint
+    chosen = gpg.select_key(binary, spaced)
+    assert chosen.fingerprint == openpgp_keys["rsa"].fingerprint
+    assert gpg_fingerprints(gnupg_home, chosen.to_bytes()) == [openpgp_keys["rsa"].fingerprint]
 
 
 def test_select_key_refuses_other_keys(openpgp_keys: dict[str, GeneratedKey]) -> None:
     with pytest.raises(UsageError, match="fingerprint mismatch") as caught:
-        openpgp.select_key(openpgp_keys["rsa"].armored, install.HASHICORP_APT_KEY_FINGERPRINT)
+        gpg.select_key(openpgp_keys["rsa"].armored, install.HASHICORP_APT_KEY_FINGERPRINT)
     assert openpgp_keys["rsa"].fingerprint in str(caught.value)
 
 
-def test_armor_checksum_is_checked(openpgp_keys: dict[str, GeneratedKey]) -> None:
+def test_damaged_armor_is_not_a_key(openpgp_keys: dict[str, GeneratedKey]) -> None:
     lines = openpgp_keys["rsa"].armored.decode().splitlines()
-    index = next(i for i, line in enumerate(lines) if line.startswith("=") and len(line) == 5)
-    lines[index] = "=AAAA" if lines[index] != "=AAAA" else "=BBBB"
-    with pytest.raises(UsageError, match="CRC-24"):
-        openpgp.transferable_keys("\n".join(lines).encode())
+    full = [i for i, line in enumerate(lines) if len(line) == 64]  # whole lines of base64
+    dropped = set(full[len(full) // 2 :])
+    damaged = "\n".join(line for i, line in enumerate(lines) if i not in dropped)
+    with pytest.raises(UsageError, match="not an OpenPGP public key block"):
+        gpg.fingerprints(damaged.encode())
 
 
 @pytest.mark.parametrize(
@@ -86,13 +118,102 @@ def test_armor_checksum_is_checked(openpgp_keys: dict[str, GeneratedKey]) -> Non
     ],
 )
 def test_garbage_is_not_a_key(data: bytes) -> None:
-    with pytest.raises(UsageError):
-        openpgp.transferable_keys(data + b"-----END PGP PUBLIC KEY BLOCK-----\n")
+    with pytest.raises(UsageError, match="not an OpenPGP public key block"):
+        gpg.fingerprints(data + ARMOR_END)
 
 
-def test_truncated_packet_length_is_not_a_key() -> None:
-    with pytest.raises(UsageError, match="truncated"):
-        openpgp.parse_packets(b"\xc6\xc0")  # a two-octet length cut after its first octet
+@pytest.mark.parametrize("data", [b"", b" \n"])
+def test_empty_key_is_refused(data: bytes) -> None:
+    with pytest.raises(UsageError, match="the key is empty"):
+        gpg.select_key(data, install.HASHICORP_APT_KEY_FINGERPRINT)
+
+
+def test_truncated_key_is_not_a_key(
+    openpgp_keys: dict[str, GeneratedKey], gnupg_home: Path
+) -> None:
+    with pytest.raises(UsageError, match="not an OpenPGP public key block"):
+        gpg.fingerprints(b"\xc6\xc0")  # a two-octet length cut after its first octet
+    binary = run_gpg(gnupg_home, "--export", openpgp_keys["rsa"].fingerprint)
+    with pytest.raises(UsageError, match="not an OpenPGP public key block"):
+        gpg.fingerprints(binary[: len(binary) // 2])
+    # Cut after the key packet: no user ID, no self-signature.
+    bare = run_gpg(
+        gnupg_home,
+        "--export-filter",
+        "keep-uid=uid =~ no-such-user-id",
+        "--export",
+        openpgp_keys["rsa"].fingerprint,
+    )
+    with pytest.raises(UsageError, match="no valid self-signature"):
+        gpg.select_key(bare, openpgp_keys["rsa"].fingerprint)
+
+
+def test_secret_key_is_refused(openpgp_keys: dict[str, GeneratedKey], gnupg_home: Path) -> None:
+    secret = run_gpg(
+        gnupg_home,
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--armor",
+        "--export-secret-keys",
+        openpgp_keys["ed25519"].fingerprint,
+    )
+    with pytest.raises(UsageError, match="holds a secret key"):
+        gpg.select_key(secret, openpgp_keys["ed25519"].fingerprint)
+
+
+def test_oversized_key_is_refused_before_gpg_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpg, "GPG", "/nonexistent/gpg")  # gpg must not even be looked for
+    with pytest.raises(UsageError, match="more than an OpenPGP public key block"):
+        gpg.fingerprints(b"x" * (gpg.MAX_KEY_BYTES + 1))
+
+
+def test_missing_gpg_says_to_install_gnupg(
+    monkeypatch: pytest.MonkeyPatch, openpgp_keys: dict[str, GeneratedKey], layout: StateLayout
+) -> None:
+    monkeypatch.setattr(gpg, "GPG", "gpg-is-not-installed-here")
+    with pytest.raises(UsageError, match="not found: install the gnupg package"):
+        gpg.fingerprints(openpgp_keys["rsa"].armored)
+    system = RecordingSystem(key=openpgp_keys["rsa"].armored)
+    with pytest.raises(StepFailed, match=r"HashiCorp apt key: .* install the gnupg package"):
+        install.install(make_plan(layout, openpgp_keys["rsa"]), system=system)
+    assert install.KEYRING_PATH not in system.files
+
+
+def test_hanging_gpg_is_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    openpgp_keys: dict[str, GeneratedKey],
+    layout: StateLayout,
+) -> None:
+    hanging = tmp_path / "gpg"
+    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    monkeypatch.setattr(gpg, "GPG", str(hanging))
+    monkeypatch.setattr(gpg, "GPG_TIMEOUT", 1.0)
+    with pytest.raises(
+        StepFailed, match=r"setup-host failed: HashiCorp apt key: .* did not finish"
+    ):
+        install.install(
+            make_plan(layout, openpgp_keys["rsa"]),
+            system=RecordingSystem(key=openpgp_keys["rsa"].armored),
+        )
+
+
+def test_gpg_uses_a_private_home_it_removes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, openpgp_keys: dict[str, GeneratedKey]
+) -> None:
+    own_home = tmp_path / "own-gnupg"
+    own_home.mkdir(mode=0o700)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("GNUPGHOME", str(own_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    key = openpgp_keys["ed25519"]
+    assert gpg.select_key(key.armored, key.fingerprint).fingerprint == key.fingerprint
+    assert list(scratch.iterdir()) == []  # the temporary home is gone (no agent socket left)
+    assert list(own_home.iterdir()) == []  # the user's keyrings were never touched
 
 
 @pytest.fixture
@@ -136,7 +257,7 @@ def test_fresh_install_performs_every_step(
 
     # apt packages for amd64, installed in one go.
     packages, version, _ = system.installs[0]
-    assert set(packages) >= {"qemu-system-x86", "ovmf", "qemu-utils", "pigz", "rpm"}
+    assert set(packages) >= {"qemu-system-x86", "ovmf", "qemu-utils", "pigz", "rpm", "gnupg"}
     assert "qemu-system-arm" not in packages
     assert version == ""
     # The key comes from HashiCorp, is checked by fingerprint, and the keyring gpg reads back
@@ -202,6 +323,16 @@ def test_wrong_key_fingerprint_stops_before_trusting_anything(
     assert not install.is_current(plan)
 
 
+def test_download_that_is_not_a_key_stops_before_trusting_anything(layout: StateLayout) -> None:
+    system = RecordingSystem(key=b"<html>captive portal</html>")
+    with pytest.raises(
+        StepFailed, match="HashiCorp apt key: the key is not an OpenPGP public key block"
+    ):
+        install.install(make_plan(layout), system=system)
+    assert install.KEYRING_PATH not in system.files
+    assert install.SOURCES_PATH not in system.files
+
+
 def test_packer_version_change_replaces_the_package(
     layout: StateLayout, openpgp_keys: dict[str, GeneratedKey]
 ) -> None:
@@ -248,7 +379,7 @@ def test_only_missing_apt_packages_are_installed(
 
 def test_arm64_host_gets_the_arm_emulator_and_aavmf() -> None:
     packages = install.apt_packages_for("arm64")
-    assert {"qemu-system-arm", "qemu-efi-aarch64"} <= set(packages)
+    assert {"qemu-system-arm", "qemu-efi-aarch64", "gnupg"} <= set(packages)
     assert "qemu-system-x86" not in packages
     with pytest.raises(UsageError, match="cannot build on a s390x host"):
         install.apt_packages_for("s390x")
@@ -313,17 +444,17 @@ def test_model_proxy_reaches_every_download(
 
 
 def test_standalone_proxy_variables_are_used_without_juju() -> None:
-    assert install.proxy_environment({"HTTPS_PROXY": "http://p:8080"}) == {
+    assert proxy.proxy_environment({"HTTPS_PROXY": "http://p:8080"}) == {
         "https_proxy": "http://p:8080",
         "HTTPS_PROXY": "http://p:8080",
     }
-    assert install.proxy_environment({}) == {}
+    assert proxy.proxy_environment({}) == {}
 
 
 def test_environment_context_restores_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", "http://before:1")
     monkeypatch.delenv("https_proxy", raising=False)
-    with install._environment({"http_proxy": "http://during:2", "https_proxy": "http://d:3"}):
+    with host_system._environment({"http_proxy": "http://during:2", "https_proxy": "http://d:3"}):
         assert os.environ["http_proxy"] == "http://during:2"
         assert os.environ["https_proxy"] == "http://d:3"
     assert os.environ["http_proxy"] == "http://before:1"
@@ -346,7 +477,7 @@ def _zip_bytes(members: Mapping[str, bytes], *, mode: int = 0o755) -> bytes:
 
 def make_bundle(
     path: Path,
-    artifact: install.ReleaseArtifact,
+    artifact: artifacts.ReleaseArtifact,
     binary: bytes,
     *,
     sums_for: bytes | None = None,
@@ -368,9 +499,9 @@ PACKER_SCRIPT = b"#!/bin/sh\necho 'Packer v1.11.2'\n"
 
 
 def test_bundle_is_verified_and_extracted(tmp_path: Path) -> None:
-    artifact = install.packer_artifact("1.11.2", "amd64")
+    artifact = artifacts.packer_artifact("1.11.2", "amd64")
     bundle = make_bundle(tmp_path / "bundle.zip", artifact, PACKER_SCRIPT)
-    binary = install.extract_verified_binary(bundle, artifact, tmp_path / "out" / "packer")
+    binary = artifacts.extract_verified_binary(bundle, artifact, tmp_path / "out" / "packer")
     assert binary.path.read_bytes() == PACKER_SCRIPT
     assert binary.path.stat().st_mode & 0o777 == 0o755
     assert binary.zip_name == "packer_1.11.2_linux_amd64.zip"
@@ -380,29 +511,29 @@ def test_bundle_is_verified_and_extracted(tmp_path: Path) -> None:
 
 
 def test_bundle_with_wrong_checksum_is_refused(tmp_path: Path) -> None:
-    artifact = install.packer_artifact("1.11.2", "amd64")
+    artifact = artifacts.packer_artifact("1.11.2", "amd64")
     bundle = make_bundle(tmp_path / "b.zip", artifact, PACKER_SCRIPT, sums_for=b"other")
     dest = tmp_path / "out" / "packer"
     with pytest.raises(UsageError, match="corrupt or not HashiCorp's"):
-        install.extract_verified_binary(bundle, artifact, dest)
+        artifacts.extract_verified_binary(bundle, artifact, dest)
     assert not dest.exists()
 
 
 def test_bundle_without_sums_or_for_another_version(tmp_path: Path) -> None:
-    artifact = install.packer_artifact("1.11.2", "amd64")
+    artifact = artifacts.packer_artifact("1.11.2", "amd64")
     no_sums = make_bundle(tmp_path / "a.zip", artifact, PACKER_SCRIPT, include_sums=False)
     with pytest.raises(UsageError, match=r"holds no packer_1\.11\.2_SHA256SUMS: make it with"):
-        install.extract_verified_binary(no_sums, artifact, tmp_path / "x")
-    other = make_bundle(tmp_path / "b.zip", install.packer_artifact("1.12.0", "amd64"), b"x")
+        artifacts.extract_verified_binary(no_sums, artifact, tmp_path / "x")
+    other = make_bundle(tmp_path / "b.zip", artifacts.packer_artifact("1.12.0", "amd64"), b"x")
     with pytest.raises(UsageError, match=r"holds no packer_1\.11\.2_linux_amd64\.zip"):
-        install.extract_verified_binary(other, artifact, tmp_path / "x")
+        artifacts.extract_verified_binary(other, artifact, tmp_path / "x")
     (tmp_path / "c.zip").write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="is not a zip bundle"):
-        install.extract_verified_binary(tmp_path / "c.zip", artifact, tmp_path / "x")
+        artifacts.extract_verified_binary(tmp_path / "c.zip", artifact, tmp_path / "x")
 
 
 def test_bundle_with_corrupt_member_fails_crc(tmp_path: Path) -> None:
-    artifact = install.packer_artifact("1.11.2", "amd64")
+    artifact = artifacts.packer_artifact("1.11.2", "amd64")
     release_zip = bytearray(_zip_bytes({"packer": PACKER_SCRIPT * 50}))
     # Flip a byte inside the compressed data; SHA256SUMS is made for the damaged zip, so only
     # the CRC can catch it.
@@ -414,26 +545,28 @@ def test_bundle_with_corrupt_member_fails_crc(tmp_path: Path) -> None:
         _zip_bytes({artifact.zip_name: bytes(release_zip), artifact.sums_name: sums})
     )
     with pytest.raises(UsageError, match=r"(fails its CRC|is damaged)"):
-        install.extract_verified_binary(bundle, artifact, tmp_path / "out" / "packer")
+        artifacts.extract_verified_binary(bundle, artifact, tmp_path / "out" / "packer")
     assert not (tmp_path / "out" / "packer").exists()
 
 
 def test_bundle_with_damaged_release_zip_is_bad_input(tmp_path: Path) -> None:
-    artifact = install.packer_artifact("1.11.2", "amd64")
+    artifact = artifacts.packer_artifact("1.11.2", "amd64")
     bundle = bytearray(make_bundle(tmp_path / "b.zip", artifact, PACKER_SCRIPT * 50).read_bytes())
     # Flip a byte inside the bundle's compressed copy of the release zip (its first member).
     bundle[30 + len(artifact.zip_name) + 5] ^= 0xFF
     (tmp_path / "b.zip").write_bytes(bytes(bundle))
     with pytest.raises(UsageError, match=r"packer_1\.11\.2_linux_amd64\.zip in .* is damaged"):
-        install.extract_verified_binary(tmp_path / "b.zip", artifact, tmp_path / "out" / "packer")
+        artifacts.extract_verified_binary(
+            tmp_path / "b.zip", artifact, tmp_path / "out" / "packer"
+        )
     assert not (tmp_path / "out" / "packer").exists()
 
 
 def test_install_from_bundles_uses_no_repository(tmp_path: Path, layout: StateLayout) -> None:
     packer_bundle = make_bundle(
-        tmp_path / "packer.zip", install.packer_artifact("1.11.2", "amd64"), PACKER_SCRIPT
+        tmp_path / "packer.zip", artifacts.packer_artifact("1.11.2", "amd64"), PACKER_SCRIPT
     )
-    plugin = install.plugin_artifact("1.1.1", "amd64")
+    plugin = artifacts.plugin_artifact("1.1.1", "amd64")
     plugin_bundle = make_bundle(tmp_path / "plugin.zip", plugin, b"\x7fELF plugin")
     plan = make_plan(layout, packer_bundle=packer_bundle, plugin_bundle=plugin_bundle)
     system = RecordingSystem()
@@ -451,7 +584,9 @@ def test_install_from_bundles_uses_no_repository(tmp_path: Path, layout: StateLa
     assert env["PACKER_PLUGIN_PATH"] == str(layout.packer_plugins)
     # The bundle's checksum is part of the plan's identity: a new resource means a new install.
     assert install.is_current(plan)
-    make_bundle(packer_bundle, install.packer_artifact("1.11.2", "amd64"), PACKER_SCRIPT + b"#\n")
+    make_bundle(
+        packer_bundle, artifacts.packer_artifact("1.11.2", "amd64"), PACKER_SCRIPT + b"#\n"
+    )
     assert not install.is_current(plan)
 
 
@@ -468,23 +603,23 @@ def test_switching_from_bundle_back_to_apt_removes_the_bundled_packer(
 
 
 def test_kvm_check(tmp_path: Path) -> None:
-    missing = install.check_kvm(tmp_path / "kvm")
+    missing = kvm.check_kvm(tmp_path / "kvm")
     assert not missing.usable
     assert "does not exist" in missing.reason
     (tmp_path / "dir").mkdir()
-    unopenable = install.check_kvm(tmp_path / "dir")
+    unopenable = kvm.check_kvm(tmp_path / "dir")
     assert not unopenable.usable
     assert "cannot be opened read/write" in unopenable.reason
     device = tmp_path / "device"
     device.write_bytes(b"")
-    assert install.check_kvm(device) == install.KvmCheck(True)
+    assert kvm.check_kvm(device) == kvm.KvmCheck(True)
 
 
 # --- the real host layer (harmless operations only) -----------------------------------------
 
 
 def test_real_system_writes_atomically_and_idempotently(tmp_path: Path) -> None:
-    system = install.RealHostSystem()
+    system = host_system.RealHostSystem()
     target = tmp_path / "etc" / "file"
     assert system.write_file(target, b"one", 0o640)
     assert target.stat().st_mode & 0o777 == 0o640
@@ -501,7 +636,7 @@ def test_real_system_writes_atomically_and_idempotently(tmp_path: Path) -> None:
 
 
 def test_real_system_run_reports_the_failure() -> None:
-    system = install.RealHostSystem()
+    system = host_system.RealHostSystem()
     assert system.run(["sh", "-c", "echo ok"], env={"PATH": "/usr/bin:/bin"}, timeout=10) == "ok\n"
     with pytest.raises(StepFailed, match="sh -c echo boom >&2; exit 3 failed: boom"):
         system.run(
@@ -512,7 +647,7 @@ def test_real_system_run_reports_the_failure() -> None:
 
 
 def test_real_system_reads_apt_state() -> None:
-    system = install.RealHostSystem()
+    system = host_system.RealHostSystem()
     assert system.apt_installed_version("dpkg")
     assert system.apt_installed_version("no-such-package-here") is None
     assert system.apt_candidate_versions("no-such-package-here") == []

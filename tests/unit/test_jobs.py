@@ -221,7 +221,7 @@ def test_start_build_job_with_systemd(layout: StateLayout, tmp_path: Path) -> No
     assert setenv["HTTP_PROXY"] == "http://proxy:3128"
     assert "a:b:c" not in " ".join(run)
     # The package is importable by the job's python.
-    assert Path(setenv["PYTHONPATH"], "openeuler_image_builder", "jobs.py").is_file()
+    assert Path(setenv["PYTHONPATH"], "openeuler_image_builder", "__main__.py").is_file()
 
 
 def test_second_build_is_refused_naming_the_running_job(layout: StateLayout) -> None:

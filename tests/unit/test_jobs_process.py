@@ -17,6 +17,7 @@ import pytest
 
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.unit import jobs
+from openeuler_image_builder.unit.jobs import starter
 
 # A job whose work reports progress through the real job frame, then waits (or fails, or ignores
 # SIGTERM). It stands in for the build's work; the frame around it is the real one.
@@ -77,7 +78,7 @@ def started(layout: StateLayout) -> Iterator[Callable[..., jobs.JobState]]:
             unit="unused",
             log_path=Path(state.log_path),
             working_directory=layout.root,
-            environment={"PYTHONPATH": jobs._package_path()},
+            environment={"PYTHONPATH": starter._package_path()},
             description="test job",
         )
         launched_info = launcher.start(spec)

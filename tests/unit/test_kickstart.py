@@ -13,6 +13,7 @@ from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion, stringToVersion
 
 from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core.paths import templates_dir
 from openeuler_image_builder.core.settings import Settings
 from openeuler_image_builder.pipeline import render
 
@@ -126,15 +127,7 @@ def test_embedded_files_are_byte_identical(
     hook = heredoc(text, "OEIB_CURTIN_HOOKS_EOF", "/curtin/curtin-hooks")
     assert hook == recipe.curtin_hook.read_text()
     fix = heredoc(text, "OEIB_CLOUDINIT_FIX_EOF", "/var/tmp/oeib-cloudinit-fix.py")
-    assert (
-        fix
-        == (
-            Path(render.__file__).resolve().parents[2]
-            / "templates"
-            / "cloudinit"
-            / "oeib-cloudinit-fix.py"
-        ).read_text()
-    )
+    assert fix == (templates_dir() / "cloudinit" / "oeib-cloudinit-fix.py").read_text()
     cloud_cfg = yaml.safe_load(
         heredoc(
             text, "OEIB_CLOUD_CFG_EOF", "/etc/cloud/cloud.cfg.d/05_openeuler-image-builder.cfg"

@@ -18,7 +18,7 @@ from openeuler_image_builder.pipeline import locks
 HOLDER = """
 import sys, time
 from pathlib import Path
-from openeuler_image_builder import locks
+from openeuler_image_builder.pipeline import locks
 from openeuler_image_builder.core.paths import StateLayout
 layout = StateLayout(Path(sys.argv[1]))
 with locks.build_lock(layout, sys.argv[2], sys.argv[3], job_id=sys.argv[4]):

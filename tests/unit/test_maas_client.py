@@ -13,6 +13,7 @@ from fixtures.maas_double import MaasDouble
 
 from openeuler_image_builder import maas
 from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.maas import client as maas_client
 
 KEY = "Consumer1:Token22:Secret333"
 
@@ -113,7 +114,7 @@ def test_bad_urls_are_usage_errors(bad: str) -> None:
 
 
 def test_oauth_plaintext_header() -> None:
-    auth = maas._PlaintextOAuth(maas.ApiKey.parse(KEY))
+    auth = maas_client._PlaintextOAuth(maas.ApiKey.parse(KEY))
     header = auth.header()
     assert header.startswith("OAuth ")
     params = {

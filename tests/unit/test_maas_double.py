@@ -16,6 +16,7 @@ import requests
 from fixtures.maas_double import MaasDouble
 
 from openeuler_image_builder import maas
+from openeuler_image_builder.maas import client as maas_client
 
 MiB = 1024 * 1024
 
@@ -25,7 +26,7 @@ class Api:
 
     def __init__(self, double: MaasDouble, key: str | None = None) -> None:
         self.double = double
-        self.auth = maas._PlaintextOAuth(maas.ApiKey.parse(key or double.admin_key))
+        self.auth = maas_client._PlaintextOAuth(maas.ApiKey.parse(key or double.admin_key))
         self.session = requests.Session()
 
     def url(self, path: str) -> str:

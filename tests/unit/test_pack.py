@@ -13,7 +13,16 @@ import pytest
 from fixtures.disk_images import Package, build_rpmdb
 
 from openeuler_image_builder.core.errors import StepFailed, UsageError
-from openeuler_image_builder.pipeline import diskimage, pack
+from openeuler_image_builder.core.image_names import manifest_path_for
+from openeuler_image_builder.pipeline import diskimage, pack, partitions, tarball
+from openeuler_image_builder.pipeline.manifest import (
+    Manifest,
+    RpmFacts,
+    cloud_init_from_source,
+    kernel_version,
+    read_rpmdb,
+)
+from openeuler_image_builder.pipeline.verify import resolve_in_root
 
 SHA = "ab" * 32
 
@@ -66,7 +75,7 @@ def test_manifest_round_trip_keeps_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "m.manifest.json"
     path.write_text(json.dumps(data))
 
-    manifest = pack.Manifest.from_file(path)
+    manifest = Manifest.from_file(path)
     assert manifest.release == "24.03-LTS-SP3"
     assert manifest.extra == {"upload": {"name": "custom/openeuler"}}
     manifest.kernel = "other"
@@ -92,19 +101,19 @@ def test_invalid_manifest(tmp_path: Path, change: dict[str, object], message: st
     path = tmp_path / "m.json"
     path.write_text(json.dumps({**manifest_data(), **change}))
     with pytest.raises(UsageError) as failure:
-        pack.Manifest.from_file(path)
+        Manifest.from_file(path)
     assert str(failure.value) == f"manifest {path} is not a valid manifest: {message}"
 
 
 def test_unreadable_manifests(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such file"):
-        pack.Manifest.from_file(tmp_path / "none.json")
+        Manifest.from_file(tmp_path / "none.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UsageError, match="is not readable JSON"):
-        pack.Manifest.from_file(tmp_path / "bad.json")
+        Manifest.from_file(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(UsageError, match="is not a JSON object"):
-        pack.Manifest.from_file(tmp_path / "list.json")
+        Manifest.from_file(tmp_path / "list.json")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +125,7 @@ def test_unreadable_manifests(tmp_path: Path) -> None:
     ],
 )
 def test_manifest_path_for(tarball: str, manifest: str) -> None:
-    assert pack.manifest_path_for(Path("/x") / tarball) == Path("/x") / manifest
+    assert manifest_path_for(Path("/x") / tarball) == Path("/x") / manifest
 
 
 def test_output_name_must_be_tar_gz(tmp_path: Path) -> None:
@@ -136,14 +145,14 @@ def test_detect_format(tmp_path: Path) -> None:
     run("qemu-img", "create", "-q", "-f", "vmdk", str(tmp_path / "a.vmdk"), "16M")
     blank(tmp_path / "a.raw", 1)
     (tmp_path / "empty.raw").touch()
-    assert diskimage.detect_format(tmp_path / "a.qcow2") == "qcow2"
-    assert diskimage.detect_format(tmp_path / "a.raw") == "raw"
+    assert partitions.detect_format(tmp_path / "a.qcow2") == "qcow2"
+    assert partitions.detect_format(tmp_path / "a.raw") == "raw"
     with pytest.raises(UsageError, match=r"is a vmdk image: .*qemu-img convert -O raw"):
-        diskimage.detect_format(tmp_path / "a.vmdk")
+        partitions.detect_format(tmp_path / "a.vmdk")
     with pytest.raises(UsageError, match="is empty"):
-        diskimage.detect_format(tmp_path / "empty.raw")
+        partitions.detect_format(tmp_path / "empty.raw")
     with pytest.raises(UsageError, match="no such file"):
-        diskimage.detect_format(tmp_path / "missing.raw")
+        partitions.detect_format(tmp_path / "missing.raw")
 
 
 def test_gpt_as_parted_sees_it(tmp_path: Path) -> None:
@@ -162,7 +171,7 @@ def test_gpt_as_parted_sees_it(tmp_path: Path) -> None:
         "--change-name=5:root",
         str(image),
     )
-    table = diskimage.read_partition_table(image)
+    table = partitions.read_partition_table(image)
     assert table.scheme == "gpt"
     assert {p.number: (p.start, p.size) for p in table.partitions} == parted_view(image)
     assert [p.role for p in table.partitions] == ["esp", "bios-boot", "swap", "data"]
@@ -178,7 +187,7 @@ def test_gpt_with_damaged_primary_header_uses_the_backup(tmp_path: Path) -> None
     with image.open("r+b") as stream:
         stream.seek(512 + 24)  # inside the primary header: its CRC no longer matches
         stream.write(b"\xff\xff")
-    table = diskimage.read_partition_table(image)
+    table = partitions.read_partition_table(image)
     assert {p.number: (p.start, p.size) for p in table.partitions} == expected
 
 
@@ -191,7 +200,7 @@ def test_gpt_with_both_headers_damaged(tmp_path: Path) -> None:
             stream.seek(offset)
             stream.write(b"\xff\xff")
     with pytest.raises(UsageError, match="no valid GPT header"):
-        diskimage.read_partition_table(image)
+        partitions.read_partition_table(image)
 
 
 def test_mbr_with_logical_partitions(tmp_path: Path) -> None:
@@ -205,7 +214,7 @@ def test_mbr_with_logical_partitions(tmp_path: Path) -> None:
         "mkpart", "logical", "ext4", "27MiB", "40MiB",
         "mkpart", "logical", "xfs", "41MiB", "62MiB",
     )  # fmt: skip
-    table = diskimage.read_partition_table(image)
+    table = partitions.read_partition_table(image)
     assert table.scheme == "mbr"
     assert {p.number: (p.start, p.size) for p in table.partitions} == parted_view(image)
     roles = {p.number: p.role for p in table.partitions}
@@ -215,15 +224,15 @@ def test_mbr_with_logical_partitions(tmp_path: Path) -> None:
 def test_bare_filesystem_without_a_table(tmp_path: Path) -> None:
     image = blank(tmp_path / "fs.raw", 16)
     run("mkfs.ext4", "-q", "-F", str(image))
-    table = diskimage.read_partition_table(image)
+    table = partitions.read_partition_table(image)
     assert table.scheme == "none"
-    assert table.partitions == (diskimage.Partition(0, 0, 16 * 1024 * 1024, "", "none"),)
+    assert table.partitions == (partitions.Partition(0, 0, 16 * 1024 * 1024, "", "none"),)
 
 
 def test_neither_table_nor_filesystem(tmp_path: Path) -> None:
     image = blank(tmp_path / "zero.raw", 1)
     with pytest.raises(UsageError, match="no partition table"):
-        diskimage.read_partition_table(image)
+        partitions.read_partition_table(image)
 
 
 def test_truncated_image(tmp_path: Path) -> None:
@@ -232,7 +241,7 @@ def test_truncated_image(tmp_path: Path) -> None:
     with image.open("r+b") as stream:
         stream.truncate(8 * 1024 * 1024)
     with pytest.raises(UsageError, match="beyond the end of the image"):
-        diskimage.read_partition_table(image)
+        partitions.read_partition_table(image)
 
 
 @pytest.mark.parametrize(
@@ -250,8 +259,8 @@ def test_probe_filesystem(tmp_path: Path, command: list[str], expected: str | No
     image = blank(tmp_path / "part.raw", 320)
     if command:
         run(*command, str(image))
-    whole = diskimage.Partition(1, 0, image.stat().st_size, "0x83", "mbr")
-    assert diskimage.probe_filesystem(image, whole) == expected
+    whole = partitions.Partition(1, 0, image.stat().st_size, "0x83", "mbr")
+    assert partitions.probe_filesystem(image, whole) == expected
 
 
 # -- facts from a tree -------------------------------------------------------------------------
@@ -265,36 +274,36 @@ def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
     (root / "etc/abs").symlink_to("/usr/lib")
     (root / "etc/escape").symlink_to("../../../../../../etc")
     (root / "etc/loop").symlink_to("loop")
-    assert pack.resolve_in_root(root, "lib/modules") == root / "usr/lib/modules"
-    assert pack.resolve_in_root(root, "etc/abs/modules") == root / "usr/lib/modules"
+    assert resolve_in_root(root, "lib/modules") == root / "usr/lib/modules"
+    assert resolve_in_root(root, "etc/abs/modules") == root / "usr/lib/modules"
     # ".." stops at the image's root: the host's /etc is never reached.
-    assert pack.resolve_in_root(root, "etc/escape") == root / "etc"
-    assert pack.resolve_in_root(root, "etc/loop") is None
-    assert pack.resolve_in_root(root, "nothing/here") is None
+    assert resolve_in_root(root, "etc/escape") == root / "etc"
+    assert resolve_in_root(root, "etc/loop") is None
+    assert resolve_in_root(root, "nothing/here") is None
 
 
 def test_kernel_version(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "boot").mkdir(parents=True)
-    assert pack.kernel_version(root) is None
+    assert kernel_version(root) is None
     (root / "boot/vmlinuz-0-rescue-abcdef").touch()
     (root / "boot/vmlinuz-5.10.0-216.0.0.115.oe2203sp4.x86_64").touch()
-    assert pack.kernel_version(root) == "5.10.0-216.0.0.115.oe2203sp4.x86_64"
+    assert kernel_version(root) == "5.10.0-216.0.0.115.oe2203sp4.x86_64"
     for version in ("6.6.0-9.0.0.1.oe2403.x86_64", "6.6.0-72.0.0.76.oe2403sp1.x86_64"):
         (root / "usr/lib/modules" / version).mkdir(parents=True)
         (root / "usr/lib/modules" / version / "modules.dep").touch()
     (root / "usr/lib/modules/extra").mkdir()  # no modules.dep: not a kernel
     (root / "lib").symlink_to("usr/lib")
-    assert pack.kernel_version(root) == "6.6.0-72.0.0.76.oe2403sp1.x86_64"
+    assert kernel_version(root) == "6.6.0-72.0.0.76.oe2403sp1.x86_64"
 
 
 def test_cloud_init_from_source(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    assert pack.cloud_init_from_source(root) is None
+    assert cloud_init_from_source(root) is None
     version_py = root / "usr/lib/python3.9/site-packages/cloudinit/version.py"
     version_py.parent.mkdir(parents=True)
     version_py.write_text('__VERSION__ = "21.4"\n_PACKAGED_VERSION = "@@PACKAGED_VERSION@@"\n')
-    assert pack.cloud_init_from_source(root) == "21.4"
+    assert cloud_init_from_source(root) == "21.4"
 
 
 @pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="needs rpmbuild (package rpm)")
@@ -312,7 +321,7 @@ def test_read_rpmdb(tmp_path: Path) -> None:
     workdir = tmp_path / "scratch"
     workdir.mkdir()
 
-    facts = pack.read_rpmdb(root, workdir)
+    facts = read_rpmdb(root, workdir)
 
     assert facts.packages == sorted(p.nvra for p in packages)
     assert facts.cloud_init == "23.4.1"
@@ -322,7 +331,7 @@ def test_read_rpmdb(tmp_path: Path) -> None:
 
 def test_no_rpmdb_is_an_empty_list(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
-    assert pack.read_rpmdb(tmp_path / "root", tmp_path) == pack.RpmFacts([], None, None)
+    assert read_rpmdb(tmp_path / "root", tmp_path) == RpmFacts([], None, None)
 
 
 def test_rpmdb_without_rpm_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -330,7 +339,7 @@ def test_rpmdb_without_rpm_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "root/var/lib/rpm/rpmdb.sqlite").write_bytes(b"")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(StepFailed, match=r"no rpm command .*package rpm"):
-        pack.read_rpmdb(tmp_path / "root", tmp_path)
+        read_rpmdb(tmp_path / "root", tmp_path)
 
 
 def test_unreadable_rpmdb(tmp_path: Path) -> None:
@@ -338,7 +347,7 @@ def test_unreadable_rpmdb(tmp_path: Path) -> None:
     (tmp_path / "root/var/lib/rpm/rpmdb.sqlite").write_bytes(b"not a database" * 100)
     (tmp_path / "work").mkdir()
     with pytest.raises(StepFailed, match=r"cannot read the image's rpm database \(sqlite\)"):
-        pack.read_rpmdb(tmp_path / "root", tmp_path / "work")
+        read_rpmdb(tmp_path / "root", tmp_path / "work")
 
 
 # -- tar | pigz --------------------------------------------------------------------------------
@@ -357,10 +366,10 @@ def test_pipeline_that_cannot_start_pigz_stops_tar(
         started.append(process)
         return process
 
-    monkeypatch.setattr(pack.subprocess, "Popen", recording_popen)
-    monkeypatch.setattr(pack, "compressor_command", lambda: [str(tmp_path / "no-pigz")])
+    monkeypatch.setattr(tarball.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(tarball, "compressor_command", lambda: [str(tmp_path / "no-pigz")])
     with pytest.raises(FileNotFoundError):
-        pack._Pipeline(tmp_path / "tree", deadline=1e12)
+        tarball._Pipeline(tmp_path / "tree", deadline=1e12)
     assert len(started) == 1, "tar was not started"
     assert started[0].returncode is not None, "tar was left running"
 

@@ -34,7 +34,9 @@ from fixtures.disk_images import (
 
 from openeuler_image_builder.cli import main
 from openeuler_image_builder.core.errors import StepFailed, UsageError
+from openeuler_image_builder.core.image_names import manifest_path_for
 from openeuler_image_builder.pipeline import pack, verify
+from openeuler_image_builder.pipeline.manifest import Manifest
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -109,7 +111,7 @@ def extract(tarball: Path, destination: Path) -> None:
     )
 
 
-def check_tarball(tarball: Path, manifest: pack.Manifest, tree: RootTree) -> None:
+def check_tarball(tarball: Path, manifest: Manifest, tree: RootTree) -> None:
     data = tarball.read_bytes()
     assert data[:2] == b"\x1f\x8b"
     assert manifest.sha256 == hashlib.sha256(data).hexdigest()
@@ -129,7 +131,7 @@ def check_tarball(tarball: Path, manifest: pack.Manifest, tree: RootTree) -> Non
     # The ESP's content stayed out (another filesystem), and the image verifies as a tarball.
     assert not any("BOOTX64.EFI" in name for name in names)
     assert verify.verify_tarball(tarball, "x86_64") == []
-    on_disk = json.loads(pack.manifest_path_for(tarball).read_text())
+    on_disk = json.loads(manifest_path_for(tarball).read_text())
     assert on_disk == manifest.to_json()
 
 
@@ -360,7 +362,7 @@ def test_verifier_failure_blocks_the_manifest_and_keeps_the_previous_image(
     good = disk_image_factory("good.raw", root_tree.path)
     pack.pack_disk_image(good.path, output, arch="x86_64")
     previous_tarball = output.read_bytes()
-    previous_manifest = pack.manifest_path_for(output).read_bytes()
+    previous_manifest = manifest_path_for(output).read_bytes()
 
     bad = make_root_tree(tmp_path / "bad")
     (bad.path / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
@@ -378,9 +380,9 @@ def test_verifier_failure_blocks_the_manifest_and_keeps_the_previous_image(
         assert code in reason
     assert "\n" not in str(failure.value)
     assert output.read_bytes() == previous_tarball
-    assert pack.manifest_path_for(output).read_bytes() == previous_manifest
+    assert manifest_path_for(output).read_bytes() == previous_manifest
     assert sorted(p.name for p in output.parent.iterdir()) == sorted(
-        [NAME, pack.manifest_path_for(output).name]
+        [NAME, manifest_path_for(output).name]
     )
     assert_nothing_left(image.path, private_tmpdir, output.parent)
 
@@ -539,7 +541,7 @@ def test_next_pack_cleans_up_after_sigkill(
 
     assert manifest.size == output.stat().st_size
     assert sorted(p.name for p in output.parent.iterdir()) == sorted(
-        [NAME, pack.manifest_path_for(output).name]
+        [NAME, manifest_path_for(output).name]
     )
     assert_nothing_left(image.path, private_tmpdir, output.parent)
 

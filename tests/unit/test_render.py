@@ -12,6 +12,7 @@ import pytest
 from openeuler_image_builder.cli import main
 from openeuler_image_builder.core import catalogue
 from openeuler_image_builder.core.errors import UsageError
+from openeuler_image_builder.core.paths import templates_dir
 from openeuler_image_builder.core.settings import Settings
 from openeuler_image_builder.pipeline import render
 
@@ -485,5 +486,5 @@ def test_embedded_python_parses_for_the_oldest_interpreters(
         firmware=fake_firmware(tmp_path, arch),
     )
     ast.parse(recipe.curtin_hook.read_text(), feature_version=(3, 6))
-    fix = Path(render.__file__).resolve().parents[2] / "templates/cloudinit/oeib-cloudinit-fix.py"
+    fix = templates_dir() / "cloudinit" / "oeib-cloudinit-fix.py"
     ast.parse(fix.read_text(), feature_version=(3, 7))

@@ -14,7 +14,7 @@ from openeuler_image_builder.backends.vm import packer
 from openeuler_image_builder.core.errors import UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.settings import KVM_UNAVAILABLE
-from openeuler_image_builder.pipeline import build
+from openeuler_image_builder.pipeline import space
 from openeuler_image_builder.unit import jobs as jobs_module
 from openeuler_image_builder.unit.fleet import PublishedImage, UnitReport, merge_inventories
 from openeuler_image_builder.unit.history import History
@@ -441,13 +441,13 @@ def _error_of(call: Callable[[], object]) -> str:
 
 
 def test_the_pipelines_own_tool_and_space_errors_block_the_unit(tmp_path: Path) -> None:
-    """The patterns follow the messages build.py and packer.py really raise."""
+    """The patterns follow the messages space.py and packer.py really raise."""
     missing_packer = _error_of(
         lambda: packer.detect_packer_version(str(tmp_path / "no-packer"), 5)
     )
     no_space = _error_of(
-        lambda: build.check_disk_space(
-            [build.SpaceNeed("disk image", tmp_path, 10**12)], free_space=lambda _: 10**9
+        lambda: space.check_disk_space(
+            [space.SpaceNeed("disk image", tmp_path, 10**12)], free_space=lambda _: 10**9
         )
     )
     for error in (missing_packer, no_space, f"install failed: {missing_packer}"):

@@ -15,7 +15,8 @@ from fixtures.maas_double import API_PREFIX, MaasDouble
 from openeuler_image_builder import maas
 from openeuler_image_builder.core import catalogue
 from openeuler_image_builder.core.errors import StepFailed, UsageError
-from openeuler_image_builder.pipeline import pack
+from openeuler_image_builder.core.image_names import manifest_path_for
+from openeuler_image_builder.maas import upload as maas_upload
 
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 MiB = 1024 * 1024
@@ -326,7 +327,7 @@ def test_sha256_mismatch_reports_maas_text_and_the_cause(
     maas_double: MaasDouble, maas_test_image: Callable[..., Path]
 ) -> None:
     tarball = maas_test_image(size=9 * MiB)
-    manifest = pack.manifest_path_for(tarball)
+    manifest = manifest_path_for(tarball)
     data = json.loads(manifest.read_text())
     data["sha256"] = "0" * 64  # a manifest that does not belong to this tarball
     manifest.write_text(json.dumps(data))
@@ -466,7 +467,7 @@ def test_a_manifest_older_than_the_tarball_is_not_trusted(
     maas_double: MaasDouble, maas_test_image: Callable[..., Path]
 ) -> None:
     tarball = maas_test_image(size=MiB)
-    manifest = pack.manifest_path_for(tarball)
+    manifest = manifest_path_for(tarball)
     data = json.loads(manifest.read_text())
     data["sha256"] = "f" * 64
     manifest.write_text(json.dumps(data))
@@ -484,7 +485,7 @@ def test_manifest_size_disagreeing_with_the_file_is_bad_input(
     tarball = maas_test_image(size=MiB)
     with tarball.open("ab") as handle:
         handle.write(b"x")
-    os.utime(pack.manifest_path_for(tarball))  # keep the manifest the newer file
+    os.utime(manifest_path_for(tarball))  # keep the manifest the newer file
     with client_for(maas_double) as client, pytest.raises(UsageError) as caught:
         maas.upload_image(client, tarball, release=RELEASE, arch="x86_64")
     assert f"is {MiB + 1} bytes but its manifest says {MiB}" in str(caught.value)
@@ -579,7 +580,7 @@ def test_newest_set_compares_versions_as_numbers() -> None:
 def test_server_offset_decisions() -> None:
     facts = maas.ImageFacts(Path("x"), "0" * 64, 10 * MiB, "manifest")
     target = maas.UploadTarget("custom/x", "amd64/generic", "x", "rhel/9")
-    uploader = maas._Uploader(
+    uploader = maas_upload._Uploader(
         maas.MaasClient("http://127.0.0.1:9/MAAS", "a:b:c"),
         facts,
         target,

@@ -24,8 +24,9 @@ from openeuler_image_builder.core.errors import UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.progress import MultiReporter, Reporter, TerminalBar
 from openeuler_image_builder.core.settings import Settings, resolve_accelerator
-from openeuler_image_builder.host import install
+from openeuler_image_builder.host.kvm import check_kvm
 from openeuler_image_builder.pipeline import build, images
+from openeuler_image_builder.pipeline.upload import connect_maas
 from openeuler_image_builder.unit import jobs, retention
 
 logger = logging.getLogger(__name__)
@@ -158,9 +159,7 @@ def build_request(
         )
     if args.sha256 and args.iso is None:
         raise UsageError("--sha256 goes with --iso: give the local ISO it checks")
-    accelerator = resolve_accelerator(
-        args.accelerator or settings.accelerator, install.check_kvm().usable
-    )
+    accelerator = resolve_accelerator(args.accelerator or settings.accelerator, check_kvm().usable)
     if accelerator == "kvm" and arch != catalogue.host_arch():
         raise UsageError(
             f"KVM cannot run an {arch} guest on this {catalogue.host_arch()} machine: "
@@ -188,7 +187,7 @@ def maas_client(args: argparse.Namespace, settings: Settings) -> maas.MaasClient
     """
     if not args.upload:
         return None
-    return build.connect_maas(settings, url=args.maas_url, key_file=args.api_key_file)
+    return connect_maas(settings, url=args.maas_url, key_file=args.api_key_file)
 
 
 def _summary(result: build.BuildResult) -> str:
@@ -222,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
         _prune_jobs(layout)
+    retention.prune_after_build(layout, settings.keep_images, result.image.parent)
     emit(args, result.to_json(), _summary(result))
     return 0
 
@@ -256,6 +256,7 @@ def _run_job(args: argparse.Namespace, layout: StateLayout) -> int:
         finally:
             if client is not None:
                 client.close()
+        retention.prune_after_build(layout, settings.keep_images, result.image.parent)
         sys.stdout.write(_summary(result) + "\n")
         return {
             "image": str(result.image),

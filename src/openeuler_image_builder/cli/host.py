@@ -16,6 +16,7 @@ from openeuler_image_builder.cli import EXIT_OK, add_json_option, emit, load_set
 from openeuler_image_builder.core.errors import UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.settings import Settings
+from openeuler_image_builder.host.kvm import check_kvm
 
 
 def register(subparsers: Any) -> None:
@@ -90,7 +91,7 @@ def run_setup_host(args: argparse.Namespace) -> int:
         plugin_bundle=args.plugin_bundle,
         skip_apt=args.plugin_only,
     )
-    kvm = install.check_kvm()
+    kvm = check_kvm()
     kvm_text = "KVM: usable" if kvm.usable else f"KVM: not usable ({kvm.reason})"
     if args.dry_run:
         emit(

@@ -24,7 +24,7 @@ from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.progress import MultiReporter, Reporter
 from openeuler_image_builder.core.settings import Settings
 from openeuler_image_builder.core.timestamps import utc_now
-from openeuler_image_builder.pipeline import build
+from openeuler_image_builder.pipeline.upload import upload_to_maas
 from openeuler_image_builder.unit import jobs
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def run_upload_job(args: argparse.Namespace) -> int:
         with maas.MaasClient(
             url, key, ca_certificate=settings.maas_ca_certificate or None
         ) as client:
-            result = build.upload_to_maas(
+            result = upload_to_maas(
                 client,
                 tarball,
                 layout=StateLayout(),

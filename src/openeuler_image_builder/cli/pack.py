@@ -9,6 +9,7 @@ from typing import Any
 from openeuler_image_builder.cli import add_json_option, emit, target_arch
 from openeuler_image_builder.core import cancellation, catalogue
 from openeuler_image_builder.core.errors import Cancelled, UsageError
+from openeuler_image_builder.core.image_names import manifest_path_for
 from openeuler_image_builder.core.progress import TerminalBar
 from openeuler_image_builder.pipeline import pack
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     output = args.output.expanduser().absolute()
-    manifest_path = pack.manifest_path_for(output)
+    manifest_path = manifest_path_for(output)
     data = {**manifest.to_json(), "tarball_path": str(output), "manifest_path": str(manifest_path)}
     text = (
         f"{output}\n"

@@ -21,7 +21,7 @@ from openeuler_image_builder.cli import (
 from openeuler_image_builder.core import catalogue
 from openeuler_image_builder.core.errors import UsageError
 from openeuler_image_builder.core.settings import Settings
-from openeuler_image_builder.host import install
+from openeuler_image_builder.host.kvm import check_kvm
 from openeuler_image_builder.pipeline import render, verify
 
 
@@ -141,7 +141,7 @@ def _firmware(args: argparse.Namespace) -> render.FirmwarePaths | None:
 
 def default_accelerator(arch: catalogue.Arch) -> render.Accelerator:
     """KVM when ``/dev/kvm`` is usable and the guest has this host's architecture, else TCG."""
-    if arch == catalogue.host_arch() and install.check_kvm().usable:
+    if arch == catalogue.host_arch() and check_kvm().usable:
         return "kvm"
     return "tcg"
 

@@ -103,7 +103,8 @@ def templates_dir() -> Path:
     Inside the installed package (wheel), else the project or charm root's ``templates/`` beside
     ``src/``.
     """
-    packaged = Path(__file__).parent / "templates"
+    package = Path(__file__).resolve().parents[1]  # this file is <package>/core/paths.py
+    packaged = package / "templates"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "templates"
+    return package.parents[1] / "templates"  # <root>/src/<package>

@@ -44,6 +44,14 @@ def process_start_time(pid: int) -> int | None:
     return None if fields is None else start_time(fields)
 
 
+def process_alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, if ``start`` is given, is the same process."""
+    fields = proc_stat(pid)
+    if not fields or fields[0] in ("Z", "X", "x"):
+        return False
+    return start is None or start_time(fields) == start
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the command and print its pid and start time."""
     parser = argparse.ArgumentParser(prog="openeuler-image-builder-detach")

@@ -51,12 +51,14 @@ class ByteProgress:
         self.phase = phase
         self.detail = detail
         self.interval = interval
-        self.last = 0.0
+        # When the last report went out; None until the first (always sent: the monotonic
+        # clock may start near 0 at boot, so no number is safely "long ago").
+        self.last: float | None = None
 
     def __call__(self, done: int, total: int | None) -> None:
         """Report ``done`` bytes of ``total`` (None: unknown)."""
         now = time.monotonic()
-        if now - self.last < self.interval and done != total:
+        if self.last is not None and now - self.last < self.interval and done != total:
             return
         self.last = now
         percent = 100 * done / total if total else None

@@ -1,4 +1,4 @@
-"""Set up a build host: apt packages, Packer, the Packer qemu plugin, and the KVM check.
+"""Set up a build host: apt packages, Packer and the Packer qemu plugin.
 
 The charm runs this on install, upgrade-charm and when config that affects it changes; the
 ``setup-host`` command runs the same code on a standalone machine. Everything is idempotent: a
@@ -6,16 +6,18 @@ second run with the same plan changes nothing.
 
 - apt packages for the host architecture, installed with charmlibs-apt;
 - Packer at ``packer-version`` from HashiCorp's apt repository, whose signing key is downloaded
-  and trusted only if its fingerprint is the published one (``HASHICORP_APT_KEY_FINGERPRINT``);
-  or from an offline bundle (the charm's ``packer`` resource) verified against HashiCorp's
-  ``SHA256SUMS``;
+  and trusted only if its fingerprint is the published one (``HASHICORP_APT_KEY_FINGERPRINT``,
+  read by gpg: ``gpg.py``); or from an offline bundle (the charm's ``packer`` resource) verified
+  against HashiCorp's ``SHA256SUMS`` (``artifacts.py``);
 - the qemu plugin at ``qemu-plugin-version`` with ``packer plugins install`` into
   ``StateLayout.packer_plugins`` (``PACKER_PLUGIN_PATH``), or from an offline bundle (the
   ``packer-qemu-plugin`` resource);
 - every download (key, apt, plugin) goes through the model proxy (``JUJU_CHARM_HTTP_PROXY``,
-  ``JUJU_CHARM_HTTPS_PROXY``, ``JUJU_CHARM_NO_PROXY``) or, standalone, the usual proxy variables.
+  ``JUJU_CHARM_HTTPS_PROXY``, ``JUJU_CHARM_NO_PROXY``) or, standalone, the usual proxy variables
+  (``proxy.py``).
 
-Side effects go through a ``HostSystem`` so tests can record what would be done without doing it.
+Side effects go through a ``HostSystem`` (``system.py``) so tests can record what would be done
+without doing it. The KVM check is ``kvm.py``.
 """
 
 from __future__ import annotations
@@ -24,31 +26,35 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import tempfile
-import zipfile
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
-
-import requests
-from charmlibs import apt
+from typing import Any
 
 from openeuler_image_builder.core import files
 from openeuler_image_builder.core.errors import StepFailed, UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.progress import Reporter, null_reporter
 from openeuler_image_builder.core.settings import Settings
-from openeuler_image_builder.host import openpgp
+from openeuler_image_builder.host import gpg
+from openeuler_image_builder.host.artifacts import (
+    extract_verified_binary,
+    file_sha256,
+    packer_artifact,
+    plugin_artifact,
+)
+from openeuler_image_builder.host.proxy import proxy_environment, redact_url
+from openeuler_image_builder.host.system import (
+    COMMAND_TIMEOUT,
+    STEP,
+    HostSystem,
+    RealHostSystem,
+)
 
 logger = logging.getLogger(__name__)
-
-STEP = "setup-host"
 
 HASHICORP_APT_URL = "https://apt.releases.hashicorp.com"
 HASHICORP_KEY_URL = "https://apt.releases.hashicorp.com/gpg"
@@ -64,17 +70,16 @@ SOURCES_PATH = Path("/etc/apt/sources.list.d/hashicorp.sources")
 APT_PACKER = Path("/usr/bin/packer")
 BUNDLED_PACKER = Path("/usr/local/bin/packer")
 QEMU_PLUGIN_SOURCE = "github.com/hashicorp/qemu"
-KVM_DEVICE = Path("/dev/kvm")
 OS_RELEASE = Path("/etc/os-release")
 
 DOWNLOAD_TIMEOUT = 60.0
-COMMAND_TIMEOUT = 120.0
 PLUGIN_INSTALL_TIMEOUT = 600.0
 
 # What a build needs on every host (the tools build.py, diskimage.py and pack.py look for):
 # qemu-img, tarball compression, the image's package list (rpm -qa --root), reading the disk
 # image without root (fuse2fs, fusermount3; qemu-storage-daemon comes with the emulator's
-# qemu-system-common), and CA certificates for the HTTPS downloads.
+# qemu-system-common), CA certificates for the HTTPS downloads, and gpg to read the
+# fingerprint of HashiCorp's apt signing key (gpg.py).
 COMMON_PACKAGES: tuple[str, ...] = (
     "qemu-utils",
     "pigz",
@@ -83,6 +88,7 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "fuse2fs",
     "e2fsprogs",
     "ca-certificates",
+    "gnupg",
 )
 # The system emulator for the host's own architecture and its UEFI firmware (builds run native:
 # aarch64 images are built by units on arm64 machines): OVMF (x86_64) and AAVMF (aarch64), the
@@ -91,66 +97,6 @@ ARCH_PACKAGES: dict[str, tuple[str, ...]] = {
     "amd64": ("qemu-system-x86", "ovmf"),
     "arm64": ("qemu-system-arm", "qemu-efi-aarch64"),
 }
-# dpkg architecture → the Go architecture in HashiCorp's release file names.
-RELEASE_ARCH = {"amd64": "amd64", "arm64": "arm64"}
-
-
-# --- proxies -------------------------------------------------------------------------------
-
-
-def proxy_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Proxy variables for every download, in both spellings tools look for.
-
-    The Juju model's proxy (``JUJU_CHARM_HTTP_PROXY``, ``..._HTTPS_PROXY``, ``..._NO_PROXY``) wins;
-    otherwise the usual ``http_proxy``/``HTTP_PROXY`` etc. of the environment are kept.
-    """
-    environ = os.environ if environ is None else environ
-    result: dict[str, str] = {}
-    for name in ("http_proxy", "https_proxy", "no_proxy"):
-        value = (
-            environ.get(f"JUJU_CHARM_{name.upper()}")
-            or environ.get(name)
-            or environ.get(name.upper())
-        )
-        if value:
-            result[name] = value
-            result[name.upper()] = value
-    return result
-
-
-def redact_url(url: str) -> str:
-    """A URL without its user and password (proxy URLs may carry credentials)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
-
-
-# --- KVM -----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class KvmCheck:
-    """Whether ``/dev/kvm`` can be used, and if not, why."""
-
-    usable: bool
-    reason: str = ""
-
-
-def check_kvm(device: Path | None = None) -> KvmCheck:
-    """Check that the KVM device exists and can be opened read/write (as QEMU does)."""
-    device = KVM_DEVICE if device is None else device
-    if not device.exists():
-        return KvmCheck(False, f"{device} does not exist")
-    try:
-        descriptor = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as error:
-        return KvmCheck(False, f"{device} cannot be opened read/write ({error.strerror})")
-    os.close(descriptor)
-    return KvmCheck(True)
 
 
 # --- host facts ----------------------------------------------------------------------------
@@ -182,145 +128,6 @@ def dpkg_architecture() -> str:
     except (OSError, subprocess.SubprocessError) as error:
         raise StepFailed(STEP, f"cannot run dpkg --print-architecture ({error})") from None
     return result.stdout.strip()
-
-
-# --- offline bundles (the charm's resources) -----------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ReleaseArtifact:
-    """A HashiCorp release zip: its file name, its SHA256SUMS file, the binary inside."""
-
-    product: str
-    version: str
-    zip_name: str
-    sums_name: str
-    binary_name: str
-
-    def binary_in(self, zip_name: str) -> str:
-        """The binary's name inside the release zip called ``zip_name``.
-
-        Packer's zip holds ``packer``; a plugin's zip holds a binary named like the zip.
-        """
-        return "packer" if self.product == "packer" else zip_name.removesuffix(".zip")
-
-    @property
-    def zip_pattern(self) -> re.Pattern[str]:
-        """The zip's file name; the plugin's protocol part (``x5.0``) may vary."""
-        return re.compile("^" + re.escape(self.zip_name).replace(r"x5\.0", r"x\d+\.\d+") + "$")
-
-
-def packer_artifact(version: str, dpkg_arch: str) -> ReleaseArtifact:
-    """Packer's release zip (releases.hashicorp.com/packer/<v>/)."""
-    arch = RELEASE_ARCH.get(dpkg_arch, dpkg_arch)
-    return ReleaseArtifact(
-        product="packer",
-        version=version,
-        zip_name=f"packer_{version}_linux_{arch}.zip",
-        sums_name=f"packer_{version}_SHA256SUMS",
-        binary_name="packer",
-    )
-
-
-def plugin_artifact(version: str, dpkg_arch: str) -> ReleaseArtifact:
-    """The qemu plugin's release zip (github.com/hashicorp/packer-plugin-qemu releases)."""
-    arch = RELEASE_ARCH.get(dpkg_arch, dpkg_arch)
-    binary = f"packer-plugin-qemu_v{version}_x5.0_linux_{arch}"
-    return ReleaseArtifact(
-        product="packer-plugin-qemu",
-        version=version,
-        zip_name=f"{binary}.zip",
-        sums_name=f"packer-plugin-qemu_v{version}_SHA256SUMS",
-        binary_name=binary,
-    )
-
-
-def bundle_help(artifact: ReleaseArtifact) -> str:
-    """How to make a bundle for ``artifact`` (used in error messages and docs)."""
-    return (
-        f"make it with `zip {artifact.product}-bundle.zip {artifact.zip_name} "
-        f"{artifact.sums_name}` from the files HashiCorp publishes"
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class VerifiedBinary:
-    """A binary extracted from a verified release zip."""
-
-    path: Path
-    zip_name: str
-    zip_sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in blocks."""
-    return files.hash_file(path)[0]
-
-
-def extract_verified_binary(bundle: Path, artifact: ReleaseArtifact, dest: Path) -> VerifiedBinary:
-    """Verify an offline bundle and extract the binary to ``dest`` (mode 0755).
-
-    A bundle is a zip holding HashiCorp's release zip and the release's ``SHA256SUMS`` file, as
-    published. The release zip must be for this version and architecture, its sha256 must match
-    its line in ``SHA256SUMS``, and every member's CRC must be right.
-
-    Raises:
-        UsageError: the bundle is not as described (the message says what and how to make one).
-    """
-    hint = bundle_help(artifact)
-    try:
-        outer = zipfile.ZipFile(bundle)
-    except (OSError, zipfile.BadZipFile) as error:
-        raise UsageError(f"{bundle} is not a zip bundle ({error}): {hint}") from None
-    with outer:
-        members = {Path(name).name: name for name in outer.namelist() if not name.endswith("/")}
-        zips = [name for name in members if artifact.zip_pattern.match(name)]
-        if not zips:
-            found = ", ".join(sorted(members)) or "nothing"
-            raise UsageError(
-                f"{bundle} holds no {artifact.zip_name} (it holds {found}): {hint}; "
-                f"the version must be {artifact.version} and the architecture this host's"
-            )
-        if artifact.sums_name not in members:
-            raise UsageError(f"{bundle} holds no {artifact.sums_name}: {hint}")
-        zip_name = zips[0]
-        sums = outer.read(members[artifact.sums_name]).decode("utf-8", errors="replace")
-        expected = None
-        for line in sums.splitlines():
-            fields = line.split()
-            if len(fields) == 2 and fields[1].lstrip("*") == zip_name:
-                expected = fields[0].lower()
-        if expected is None:
-            raise UsageError(f"{artifact.sums_name} in {bundle} has no line for {zip_name}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent) as scratch:
-            inner_path = Path(scratch) / zip_name
-            binary_name = artifact.binary_in(zip_name)
-            try:
-                # Extracted once, then hashed and opened from disk.
-                with outer.open(members[zip_name]) as source, inner_path.open("wb") as target:
-                    shutil.copyfileobj(source, target)
-                actual = file_sha256(inner_path)
-                if actual != expected:
-                    raise UsageError(
-                        f"{zip_name} in {bundle} has sha256 {actual}, but {artifact.sums_name} "
-                        f"says {expected}: the file is corrupt or not HashiCorp's; download it "
-                        "again"
-                    )
-                with zipfile.ZipFile(inner_path) as inner:
-                    broken = inner.testzip()
-                    if broken is not None:
-                        raise UsageError(f"{zip_name} in {bundle}: member {broken} fails its CRC")
-                    if binary_name not in inner.namelist():
-                        raise UsageError(f"{zip_name} in {bundle} holds no {binary_name}")
-                    with (
-                        inner.open(binary_name) as source,
-                        files.atomic_writer(dest, mode=0o755) as target,
-                    ):
-                        shutil.copyfileobj(source, target)
-            except (zipfile.BadZipFile, zlib.error) as error:
-                raise UsageError(f"{zip_name} in {bundle} is damaged ({error})") from None
-    return VerifiedBinary(dest, zip_name, actual)
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -512,198 +319,6 @@ def hashicorp_sources(plan: InstallPlan) -> str:
     )
 
 
-# --- side effects --------------------------------------------------------------------------
-
-
-class HostSystem(Protocol):
-    """Every change ``install`` makes to the host goes through here (tests record them)."""
-
-    def download(self, url: str, *, proxy: Mapping[str, str], timeout: float) -> bytes:
-        """GET ``url`` through the proxy."""
-        ...
-
-    def write_file(self, path: Path, data: bytes, mode: int) -> bool:
-        """Write atomically; return whether the content or mode changed."""
-        ...
-
-    def copy_file(self, source: Path, path: Path, mode: int) -> bool:
-        """Copy ``source`` to ``path`` atomically; return whether anything changed."""
-        ...
-
-    def remove_file(self, path: Path) -> bool:
-        """Remove ``path`` if present; return whether it was there."""
-        ...
-
-    def apt_update(self, *, proxy: Mapping[str, str]) -> None:
-        """``apt-get update``."""
-        ...
-
-    def apt_installed_version(self, package: str) -> str | None:
-        """The installed version of ``package``, or None."""
-        ...
-
-    def apt_candidate_versions(self, package: str) -> list[str]:
-        """Every version of ``package`` the configured repositories offer."""
-        ...
-
-    def apt_install(
-        self, packages: Sequence[str], *, proxy: Mapping[str, str], version: str = ""
-    ) -> None:
-        """Install packages (``version`` only with a single package)."""
-        ...
-
-    def apt_remove(self, package: str) -> None:
-        """Remove a package."""
-        ...
-
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> str:
-        """Run a command; return its stdout; raise ``StepFailed`` when it fails."""
-        ...
-
-    def exists(self, path: Path) -> bool:
-        """Whether ``path`` exists."""
-        ...
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Temporarily add ``values`` to ``os.environ`` (charmlibs-apt runs apt-get with it)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-class RealHostSystem:
-    """The host itself: charmlibs-apt, requests, subprocess, atomic file writes."""
-
-    def download(self, url: str, *, proxy: Mapping[str, str], timeout: float) -> bytes:
-        """GET ``url`` with the given proxies only (not whatever the process inherited)."""
-        proxies = {
-            scheme: proxy[f"{scheme}_proxy"]
-            for scheme in ("http", "https", "no")
-            if proxy.get(f"{scheme}_proxy")
-        }
-        with requests.Session() as session:
-            session.trust_env = False
-            try:
-                response = session.get(url, proxies=proxies, timeout=timeout)
-                response.raise_for_status()
-            except requests.RequestException as error:
-                raise StepFailed(STEP, f"download of {url} failed ({error})") from None
-            return response.content
-
-    def write_file(self, path: Path, data: bytes, mode: int) -> bool:
-        """Write via a temporary file in the same directory and rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return files.write_if_changed(path, data, mode=mode)
-
-    def copy_file(self, source: Path, path: Path, mode: int) -> bool:
-        """Copy via a temporary file in the same directory and rename."""
-        with contextlib.suppress(OSError):
-            if (path.stat().st_mode & 0o7777) == mode and file_sha256(path) == file_sha256(source):
-                return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with files.atomic_writer(path, mode=mode) as handle, source.open("rb") as origin:
-            shutil.copyfileobj(origin, handle)
-        return True
-
-    def remove_file(self, path: Path) -> bool:
-        """Remove a file if it exists."""
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def apt_update(self, *, proxy: Mapping[str, str]) -> None:
-        """``apt-get update`` through charmlibs-apt."""
-        with _environment(proxy):
-            try:
-                apt.update()
-            except subprocess.CalledProcessError as error:
-                stderr = (error.stderr or b"").decode(errors="replace").strip().splitlines()
-                reason = stderr[-1] if stderr else str(error)
-                raise StepFailed(STEP, f"apt-get update failed: {reason}") from None
-
-    def apt_installed_version(self, package: str) -> str | None:
-        """The installed version according to dpkg, or None."""
-        try:
-            installed = apt.DebianPackage.from_installed_package(package)
-        except apt.PackageNotFoundError:
-            return None
-        return str(installed.version)
-
-    def apt_candidate_versions(self, package: str) -> list[str]:
-        """Versions offered by the repositories (``apt-cache madison``)."""
-        try:
-            result = subprocess.run(
-                ["apt-cache", "madison", package],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=COMMAND_TIMEOUT,
-            )
-        except (OSError, subprocess.SubprocessError) as error:
-            raise StepFailed(STEP, f"apt-cache madison {package} failed ({error})") from None
-        versions = []
-        for line in result.stdout.splitlines():
-            fields = [field.strip() for field in line.split("|")]
-            if len(fields) >= 2 and fields[0] == package:
-                versions.append(fields[1])
-        return versions
-
-    def apt_install(
-        self, packages: Sequence[str], *, proxy: Mapping[str, str], version: str = ""
-    ) -> None:
-        """Install through charmlibs-apt (which updates the cache once if a package is missing)."""
-        with _environment(proxy):
-            try:
-                apt.add_package(list(packages), version=version)
-            except (apt.PackageError, apt.PackageNotFoundError) as error:
-                raise StepFailed(STEP, f"apt could not install: {error.message}") from None
-
-    def apt_remove(self, package: str) -> None:
-        """Remove a package through charmlibs-apt."""
-        try:
-            apt.remove_package(package)
-        except apt.PackageError as error:
-            raise StepFailed(STEP, f"apt could not remove {package}: {error.message}") from None
-
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> str:
-        """Run ``argv``; raise ``StepFailed`` with the last line of stderr when it fails."""
-        try:
-            result = subprocess.run(
-                list(argv),
-                capture_output=True,
-                text=True,
-                env=dict(env),
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StepFailed(
-                STEP, f"{argv[0]} {argv[1]} did not finish in {timeout:.0f}s"
-            ) from None
-        except OSError as error:
-            raise StepFailed(STEP, f"cannot run {argv[0]} ({error.strerror})") from None
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            reason = lines[-1] if lines else f"exit status {result.returncode}"
-            raise StepFailed(STEP, f"{' '.join(argv[:3])} failed: {reason}")
-        return result.stdout
-
-    def exists(self, path: Path) -> bool:
-        """Whether ``path`` exists."""
-        return path.exists()
-
-
 # --- running the plan ----------------------------------------------------------------------
 
 
@@ -764,9 +379,11 @@ def _install_packer_from_apt(plan: InstallPlan, system: HostSystem, progress: Re
     progress("packer", None, f"HashiCorp apt key from {HASHICORP_KEY_URL}")
     downloaded = system.download(HASHICORP_KEY_URL, proxy=plan.proxy, timeout=DOWNLOAD_TIMEOUT)
     try:
-        key = openpgp.select_key(downloaded, plan.key_fingerprint)
+        key = gpg.select_key(downloaded, plan.key_fingerprint)
     except UsageError as error:
         raise StepFailed(STEP, f"HashiCorp apt key: {error}") from None
+    except StepFailed as error:
+        raise StepFailed(STEP, f"HashiCorp apt key: {error.reason}") from None
     changed = system.write_file(KEYRING_PATH, key.to_bytes(), 0o644)
     changed |= system.write_file(SOURCES_PATH, hashicorp_sources(plan).encode(), 0o644)
     candidates = [] if changed else system.apt_candidate_versions("packer")

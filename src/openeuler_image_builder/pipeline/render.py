@@ -27,6 +27,7 @@ from typing import Literal
 import jinja2
 
 from openeuler_image_builder import __version__
+from openeuler_image_builder.backends.vm import QEMU_BINARY
 from openeuler_image_builder.core import files
 from openeuler_image_builder.core.catalogue import Arch, Release, host_arch
 from openeuler_image_builder.core.errors import UsageError
@@ -61,7 +62,6 @@ HEREDOC_DELIMITERS = {
 }
 
 SERIAL_CONSOLE: dict[Arch, str] = {"x86_64": "ttyS0,115200", "aarch64": "ttyAMA0,115200"}
-QEMU_BINARY: dict[Arch, str] = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 MACHINE_TYPE: dict[Arch, str] = {"x86_64": "q35", "aarch64": "virt"}
 BOOT_WAIT: dict[Accelerator, str] = {"kvm": "10s", "tcg": "30s"}
 # The host as the install VM sees it through QEMU user networking (packer-and-images.md 6.2).

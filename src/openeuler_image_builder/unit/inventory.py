@@ -19,11 +19,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openeuler_image_builder.core import catalogue
+from openeuler_image_builder.core import catalogue, image_names
 from openeuler_image_builder.core.errors import UsageError
 from openeuler_image_builder.core.paths import StateLayout
 from openeuler_image_builder.core.timestamps import parse_utc_or_none
-from openeuler_image_builder.pipeline import images, pack
+from openeuler_image_builder.pipeline import images
 from openeuler_image_builder.unit.jobs import JobState
 
 logger = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ def package_list_digest(packages: Iterable[str]) -> str:
 
 
 def manifest_path_for(image: Path | str) -> Path:
-    """The manifest beside a tarball (``pack.manifest_path_for``; a job names it as text)."""
-    return pack.manifest_path_for(Path(image))
+    """``image_names.manifest_path_for`` of a tarball named as a path or as text (by a job)."""
+    return image_names.manifest_path_for(Path(image))
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:

@@ -138,6 +138,20 @@ def prune_images(
     return removed
 
 
+def prune_after_build(layout: StateLayout, keep: int, output_dir: Path) -> None:
+    """Retention of the image store after a build stored an image in ``output_dir``.
+
+    Nothing happens for an image built outside the store; a failure is logged, never raised:
+    housekeeping must not fail a good build.
+    """
+    if not images.is_in_store(layout, output_dir):
+        return
+    try:
+        prune_images(layout, keep)
+    except Exception as error:
+        logger.warning("retention after the build failed: %s", error)
+
+
 def prune_after_config(
     layout: StateLayout,
     releases: Sequence[str],

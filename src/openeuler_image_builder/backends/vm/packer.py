@@ -24,9 +24,8 @@ from typing import Any
 from openeuler_image_builder import maas
 from openeuler_image_builder.core.errors import StepFailed, UsageError
 from openeuler_image_builder.core.paths import StateLayout
-from openeuler_image_builder.core.processes import proc_stat, start_time
+from openeuler_image_builder.core.processes import proc_stat, process_alive, start_time
 from openeuler_image_builder.core.progress import Reporter
-from openeuler_image_builder.unit.jobs import process_alive
 
 logger = logging.getLogger(__name__)
 
