@@ -36,11 +36,12 @@ from openeuler_image_builder.unit import jobs, retention
 RELEASE = catalogue.resolve("24.03-LTS-SP3")
 
 
-def mounts_and_loops() -> tuple[set[str], set[str]]:
+def mounts_and_loops(work: Path) -> tuple[set[str], set[str]]:
     """Mounts and loop devices this test process made (pack mounts under ``oeib-pack-<pid>-``
     in the temp directory; its loop devices are backed by the disk in the build's work dir).
 
-    Other processes on the machine (other test runs) are left out of the comparison.
+    Other processes on the machine (other test runs, other pytest-xdist workers) are left out
+    of the comparison: only loop devices backed by a file under ``work`` count.
     """
     marker = f"oeib-pack-{os.getpid()}-"
     mounts = {
@@ -53,7 +54,7 @@ def mounts_and_loops() -> tuple[set[str], set[str]]:
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
             loops.add(backing.read_text().strip())
-    return mounts, {path for path in loops if "/state/work/" in path}
+    return mounts, {path for path in loops if path.startswith(f"{work}/")}
 
 
 class Progress:
@@ -108,9 +109,9 @@ class BuildEnv:
         # An auto-clearing loop device is detached by the kernel shortly after its last user
         # (the unmounted filesystem) lets go: give it a moment.
         deadline = time.monotonic() + 10
-        while mounts_and_loops() != before and time.monotonic() < deadline:
+        while mounts_and_loops(self.layout.work) != before and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert mounts_and_loops() == before, "a mount or loop device was left"
+        assert mounts_and_loops(self.layout.work) == before, "a mount or loop device was left"
         assert locks.lock_holder(self.layout, RELEASE.name, "x86_64") is None
 
 
@@ -146,7 +147,7 @@ def good_image(env: BuildEnv) -> images.StoredImage:
 
 
 def test_build_writes_a_verified_image_with_a_complete_manifest(env: BuildEnv) -> None:
-    before = mounts_and_loops()
+    before = mounts_and_loops(env.layout.work)
     progress = Progress()
     request = env.request()
     result = build.build_image(request, layout=env.layout, progress=progress, tools=env.tools())
@@ -222,7 +223,7 @@ def test_failed_build_leaves_the_previous_image_and_nothing_else(
 ) -> None:
     previous = good_image(env)
     previous_bytes = previous.tarball.read_bytes()
-    before = mounts_and_loops()
+    before = mounts_and_loops(env.layout.work)
     env.use(mode, breaks)
     request = env.request()
     with pytest.raises(StepFailed) as failed:
@@ -253,7 +254,7 @@ def test_failed_build_into_an_output_directory_keeps_the_old_image(
 
 
 def test_install_that_never_powers_off_fails_at_the_timeout(env: BuildEnv) -> None:
-    before = mounts_and_loops()
+    before = mounts_and_loops(env.layout.work)
     env.use("hang")
     request = env.request(timeout=2)
     with pytest.raises(StepFailed) as failed:
@@ -291,7 +292,7 @@ def test_sigterm_cancels_and_leaves_nothing(
     env: BuildEnv, mode: str, phase: str, detail: str
 ) -> None:
     previous = good_image(env)
-    before = mounts_and_loops()
+    before = mounts_and_loops(env.layout.work)
     env.use(mode)
     request = env.request(timeout=600)
     handler = signal.getsignal(signal.SIGTERM)

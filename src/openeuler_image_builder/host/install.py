@@ -75,7 +75,7 @@ OS_RELEASE = Path("/etc/os-release")
 DOWNLOAD_TIMEOUT = 60.0
 PLUGIN_INSTALL_TIMEOUT = 600.0
 
-# What a build needs on every host (the tools build.py, diskimage.py and pack.py look for):
+# What a build needs on every host (the tools the pipeline and the vm backend look for):
 # qemu-img, tarball compression, the image's package list (rpm -qa --root), reading the disk
 # image without root (fuse2fs, fusermount3; qemu-storage-daemon comes with the emulator's
 # qemu-system-common), CA certificates for the HTTPS downloads, and gpg to read the

@@ -47,7 +47,7 @@ _DISABLING_FAILURES = (
     re.compile(r"KVM unavailable", re.IGNORECASE),
     re.compile(r"not enough (free )?(disk )?space", re.IGNORECASE),
     re.compile(r"\bdisk[- ]space\b.*\b(missing|short|need)", re.IGNORECASE),
-    # The build tools are gone (build.py / packer.py messages); the charm reinstalls them only
+    # The build tools are gone (backends/vm messages); the charm reinstalls them only
     # on upgrade-charm or a config change, so the operator must act.
     re.compile(r"\bPacker not found\b|did not report a Packer version", re.IGNORECASE),
     re.compile(r"qemu-system-\w+ not found", re.IGNORECASE),
