@@ -201,6 +201,27 @@ def test_hanging_gpg_is_stopped(
         )
 
 
+def test_gpg_message_quoting_the_key_is_printable_and_short(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # gpg's complaints can quote the downloaded key's own text: a hostile key must not put
+    # escape sequences or kilobytes into the error (and from there into the unit's status).
+    noisy = tmp_path / "gpg"
+    noisy.write_text(
+        "#!/bin/sh\n"
+        "printf 'gpg: key \\033[31m%s\\n' \"$(head -c 5000 /dev/zero | tr '\\0' x)\" >&2\n"
+        "exit 2\n"
+    )
+    noisy.chmod(0o755)
+    monkeypatch.setattr(gpg, "GPG", str(noisy))
+    with pytest.raises(UsageError) as raised:
+        gpg.fingerprints(b"not a key")
+    message = str(raised.value)
+    assert "\x1b" not in message
+    assert len(message) < 400
+    assert "gpg: key ?[31mxxx" in message
+
+
 def test_gpg_uses_a_private_home_it_removes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, openpgp_keys: dict[str, GeneratedKey]
 ) -> None:

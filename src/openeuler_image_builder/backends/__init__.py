@@ -51,7 +51,7 @@ class Backend(Protocol):
         """Refuse (``UsageError``) at once when this host cannot build ``arch`` this way."""
         ...
 
-    def tool_versions(self) -> dict[str, str | None]:
+    def tool_versions(self, arch: Arch) -> dict[str, str | None]:
         """The versions of the tools this backend runs (``UsageError`` when one is missing)."""
         ...
 

@@ -27,6 +27,7 @@ GPG_PACKAGE = "gnupg"
 GPG_TIMEOUT = 30.0
 # A public key block with many signatures is tens of KiB; anything this big is not one.
 MAX_KEY_BYTES = 1 << 20
+MAX_MESSAGE_CHARS = 200
 # The record types of gpg's --with-colons output (doc/DETAILS in GnuPG's sources).
 _PRIMARY_RECORD = "pub"
 _SUBKEY_RECORD = "sub"
@@ -81,8 +82,12 @@ def _run_gpg(
 
 
 def _last_line(stderr: bytes, returncode: int) -> str:
+    # gpg's messages can quote the downloaded key's own text (user IDs): printable, and short.
     lines = stderr.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else f"exit status {returncode}"
+    if not lines:
+        return f"exit status {returncode}"
+    line = "".join(char if char.isprintable() else "?" for char in lines[-1])
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _check_size(data: bytes) -> None:

@@ -37,6 +37,7 @@ from openeuler_image_builder.host.proxy import proxy_environment
 from openeuler_image_builder.pipeline import images, iso, locks, pack, render
 from openeuler_image_builder.pipeline.space import (
     ISO_SIZE_ESTIMATE,
+    MIB,
     TARBALL_FRACTION,
     SpaceNeed,
     check_disk_space,
@@ -45,7 +46,6 @@ from openeuler_image_builder.pipeline.upload import connect_maas, upload_to_maas
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024**2
 T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def build_image(
         client = build.maas_client(maas_client) if request.upload else None
         backend.check_host(request.arch)
         check_disk_space(_space_needs(request, layout))
-        versions = {"openeuler-image-builder": __version__, **backend.tool_versions()}
+        versions = {"openeuler-image-builder": __version__, **backend.tool_versions(request.arch)}
         iso_info = build.step("fetch-iso", _fetch_iso, request, layout, progress)
         recipe = build.step("render", _render, request, iso_info, versions, build.work, progress)
         inputs = _install_inputs(request, recipe)

@@ -38,7 +38,6 @@ class VmBackend:
         self.stop_grace = stop_grace
         self.watchdog_grace = watchdog_grace
         self.version_timeout = version_timeout
-        self._qemu: str | None = None
 
     def check_host(self, arch: Arch) -> None:
         """Refuse without the QEMU system emulator of ``arch``."""
@@ -47,18 +46,15 @@ class VmBackend:
             raise UsageError(
                 f"{qemu} not found: install the QEMU system emulator ({QEMU_PACKAGE[arch]})"
             )
-        self._qemu = qemu
 
-    def tool_versions(self) -> dict[str, str | None]:
-        """Packer's version (refusing when it is missing) and QEMU's."""
-        versions: dict[str, str | None] = {
-            "packer": packer.detect_packer_version(self.packer_command, self.version_timeout)
+    def tool_versions(self, arch: Arch) -> dict[str, str | None]:
+        """Packer's version (refusing when it is missing) and that of ``arch``'s QEMU."""
+        return {
+            "packer": packer.detect_packer_version(self.packer_command, self.version_timeout),
+            "qemu": packer.tool_version(
+                [QEMU_BINARY[arch], "--version"], packer.QEMU_VERSION, self.version_timeout
+            ),
         }
-        if self._qemu is not None:
-            versions["qemu"] = packer.tool_version(
-                [self._qemu, "--version"], packer.QEMU_VERSION, self.version_timeout
-            )
-        return versions
 
     def install(
         self, inputs: InstallInputs, *, work: Path, logs: InstallLogs, progress: Reporter
